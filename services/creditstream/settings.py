@@ -1,0 +1,158 @@
+"""The one settings object: built once by the CLI, passed down to every component."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _default_data_path() -> Path:
+    """`../shared/data/UCI_Credit_Card.csv` beside the checkout, where developers and CI keep it."""
+    return (REPO_ROOT.parent / "shared" / "data" / "UCI_Credit_Card.csv").resolve()
+
+
+def _default_models_dir() -> Path:
+    # NOTE: inside an image the package is installed into site-packages, so REPO_ROOT is
+    # meaningless there; images set CREDITSTREAM_MODEL_PATH explicitly.
+    return REPO_ROOT / "models"
+
+
+class Settings(BaseSettings):
+    """Every knob of creditstream; env vars are `CREDITSTREAM_<FIELD>` (also read from `.env`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CREDITSTREAM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    # --- broker -----------------------------------------------------------------------------
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@localhost:5672/"),
+        description="AMQP URL of RabbitMQ (amqps:// for TLS). Secret: never logged.",
+    )
+    management_url: SecretStr | None = Field(
+        None,
+        description="RabbitMQ management API base URL (http://user:pass@host:15672); used to "
+        "count ready + unacked messages. Derived from amqp_url when unset.",
+    )
+    requests_exchange: str = Field("creditstream.requests", description="Exchange producers publish to.")
+    requests_queue: str = Field(
+        "creditstream.requests",
+        description="Queue consumers read (and KEDA watches); bound to requests_exchange.",
+    )
+    dead_letter_exchange: str = Field("creditstream.dead", description="Exchange for rejected records.")
+    dead_letter_queue: str = Field("creditstream.dead", description="Queue holding rejected records.")
+    predictions_exchange: str = Field(
+        "creditstream.predictions", description="Exchange every scored batch is published to."
+    )
+    delivery_limit: int = Field(
+        5,
+        ge=1,
+        description="Quorum-queue x-delivery-limit: redeliveries before a message is dead-lettered.",
+    )
+    tls_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
+    )
+    heartbeat_s: int = Field(30, ge=0, description="AMQP heartbeat in seconds (0 disables).")
+    reconnect_max_s: float = Field(
+        10.0, gt=0, description="Upper bound of the exponential reconnect backoff, seconds."
+    )
+    reconnect_attempts: int = Field(
+        0, ge=0, description="Reconnect attempts before giving up (0 = forever)."
+    )
+
+    # --- results store ----------------------------------------------------------------------
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///creditstream.db"),
+        description="SQLAlchemy URL of the results store (sqlite:///file.db or "
+        "postgresql+psycopg://user:pass@host/db). Secret: never logged.",
+    )
+    database_schema: str | None = Field(
+        None, description="PostgreSQL schema for the predictions table (default: search_path)."
+    )
+
+    # --- data and model ---------------------------------------------------------------------
+    data_path: Path = Field(
+        default_factory=_default_data_path,
+        description="UCI data set (CSV in the common layout, or the official .xls).",
+    )
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "creditstream",
+        description="Where the official UCI archive is downloaded to.",
+    )
+    uci_archive_url: str = Field(
+        "https://archive.ics.uci.edu/static/public/350/default+of+credit+card+clients.zip",
+        description="Official UCI archive (data set id 350).",
+    )
+    model_path: Path = Field(
+        default_factory=lambda: _default_models_dir() / "credit_default.onnx",
+        description="ONNX model file (preprocessing inside the graph).",
+    )
+    model_card_path: Path | None = Field(
+        None, description="Model card JSON; default: model_card.json beside model_path."
+    )
+    seed: int = Field(42, description="Random seed for training and synthetic records.")
+
+    # --- consumer ---------------------------------------------------------------------------
+    batch_size: int = Field(256, ge=1, le=100_000, description="Max records per ONNX call.")
+    batch_timeout_ms: int = Field(
+        20, ge=0, description="Flush a partial batch after this many ms without filling it."
+    )
+    prefetch: int = Field(
+        1024, ge=1, le=65_535, description="AMQP prefetch (unacked deliveries per consumer)."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=256, description="Bodies larger than this are dead-lettered unread."
+    )
+    max_records_per_message: int = Field(
+        10_000, ge=1, description="Messages with more records than this are dead-lettered."
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Decision threshold override (default: the model card's)."
+    )
+    exit_when_idle_s: float | None = Field(
+        None, ge=0, description="Exit 0 after this many seconds with no delivery (None: never)."
+    )
+    http_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics.")
+    http_port: int = Field(8000, ge=0, le=65_535, description="Port of the HTTP endpoints (0: off).")
+    inference_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
+
+    # --- producer ---------------------------------------------------------------------------
+    confirm_window: int = Field(
+        2048, ge=1, description="Publisher confirms outstanding before the producer waits."
+    )
+    run_id: str | None = Field(
+        None,
+        description="Stable id of a production run; message ids derive from it so a retried "
+        "producer Job republishes the same ids (deduplicated by the results store).",
+    )
+    broker_wait_s: float = Field(
+        120.0, ge=0, description="How long producer/consumer wait for the broker at start-up."
+    )
+
+    # --- logging ----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json lines, rich console, or auto (console on a terminal)."
+    )
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in {"amqp", "amqps"}:
+            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {scheme}://")
+        return value
+
+    @property
+    def resolved_model_card_path(self) -> Path:
+        """The model card path, defaulting to model_card.json beside the model."""
+        return self.model_card_path or self.model_path.with_name("model_card.json")

@@ -1,0 +1,68 @@
+"""RabbitMQ topology, declared idempotently by producers and consumers alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+
+    from creditstream.settings import Settings
+
+REQUEST_ROUTING_KEY: Final = "score"
+REASON_HEADER: Final = "x-creditstream-reason"
+DETAIL_HEADER: Final = "x-creditstream-detail"
+INDEX_HEADER: Final = "x-creditstream-record-index"
+SOURCE_HEADER: Final = "x-creditstream-source-message-id"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names and arguments of every exchange and queue creditstream uses."""
+
+    requests_exchange: str
+    requests_queue: str
+    dead_letter_exchange: str
+    dead_letter_queue: str
+    predictions_exchange: str
+    delivery_limit: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        """Read the names from the settings object."""
+        return cls(
+            requests_exchange=settings.requests_exchange,
+            requests_queue=settings.requests_queue,
+            dead_letter_exchange=settings.dead_letter_exchange,
+            dead_letter_queue=settings.dead_letter_queue,
+            predictions_exchange=settings.predictions_exchange,
+            delivery_limit=settings.delivery_limit,
+        )
+
+    def requests_queue_arguments(self) -> dict[str, Any]:
+        """Quorum queue: the broker counts deliveries, so a poison message cannot loop forever.
+
+        NOTE: a classic queue only has a `redelivered` flag, so poison control would need a
+        consumer-side retry counter that dies with the consumer; the quorum queue's
+        x-delivery-limit is enforced by the broker even when a message crashes its consumer.
+        """
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_letter_exchange,
+            "x-dead-letter-routing-key": self.dead_letter_queue,
+        }
+
+    def declare(self, channel: BlockingChannel) -> None:
+        """Declare every exchange, queue and binding; safe to repeat (same arguments)."""
+        channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
+        channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
+        channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
+        channel.queue_declare(self.dead_letter_queue, durable=True,
+                              arguments={"x-queue-type": "quorum"})
+        channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
+        channel.queue_declare(self.requests_queue, durable=True,
+                              arguments=self.requests_queue_arguments())
+        channel.queue_bind(self.requests_queue, self.requests_exchange,
+                           routing_key=REQUEST_ROUTING_KEY)
