@@ -1,0 +1,1 @@
+"""Local autoscaling: the KEDA + HPA rule, queue-depth readers and a consumer supervisor."""

@@ -1,0 +1,248 @@
+"""Queue depth as the KEDA RabbitMQ scaler counts it: management API first, AMQP as fallback.
+
+Over `http` KEDA reads `messages` (ready + unacknowledged) from the management API; over `amqp`
+it passive-declares the queue and sees only the ready count, so messages prefetched by busy
+consumers are invisible (keda#356). Every reading carries its source so a plot or a dashboard
+never passes an AMQP count off as the full depth.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    from pika import BlockingConnection
+
+DepthSource = Literal["management-api", "amqp-passive-declare"]
+
+MANAGEMENT_SOURCE: Final[DepthSource] = "management-api"
+AMQP_SOURCE: Final[DepthSource] = "amqp-passive-declare"
+DEFAULT_MANAGEMENT_PORT: Final = 15672
+
+
+class QueueDepthError(RuntimeError):
+    """The depth could not be read (broker down, queue missing, stats not collected yet)."""
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """One reading of a queue: what KEDA's trigger would see, and where it came from."""
+
+    queue: str
+    ready: int
+    unacked: int | None
+    consumers: int | None
+    source: DepthSource
+    ack_rate: float | None = None
+    publish_rate: float | None = None
+
+    @property
+    def messages(self) -> int:
+        """The trigger metric: ready + unacked over http, ready only over amqp."""
+        return self.ready + (self.unacked or 0)
+
+
+class DepthReader(Protocol):
+    """Anything that can read one queue's depth."""
+
+    def read(self) -> QueueDepth: ...
+
+    def close(self) -> None: ...
+
+
+def _rate(payload: Mapping[str, Any], key: str) -> float | None:
+    details = (payload.get("message_stats") or {}).get(f"{key}_details")
+    if not isinstance(details, Mapping) or "rate" not in details:
+        return None
+    return float(details["rate"])
+
+
+def parse_management_queue(payload: Mapping[str, Any]) -> QueueDepth:
+    """A GET /api/queues/{vhost}/{name} response as a QueueDepth.
+
+    NOTE: right after a queue is declared the management API answers without `messages`
+    (statistics are collected every 5 s); that is "unknown", not zero.
+    """
+    if "messages" not in payload:
+        raise QueueDepthError(f"queue {payload.get('name')!r}: no statistics collected yet")
+    return QueueDepth(
+        queue=str(payload["name"]),
+        ready=int(payload.get("messages_ready", payload["messages"])),
+        unacked=int(payload.get("messages_unacknowledged", 0)),
+        consumers=int(payload["consumers"]) if "consumers" in payload else None,
+        source=MANAGEMENT_SOURCE,
+        ack_rate=_rate(payload, "ack"),
+        publish_rate=_rate(payload, "publish"),
+    )
+
+
+def management_url_from_amqp(amqp_url: str, port: int = DEFAULT_MANAGEMENT_PORT) -> str:
+    """http://user:pass@host:15672/vhost derived from an AMQP URL (same credentials and vhost)."""
+    parts = urllib.parse.urlsplit(amqp_url)
+    scheme = "https" if parts.scheme == "amqps" else "http"
+    # NOTE: urlsplit leaves %-escapes in place; unquote first so they are not escaped twice.
+    user = urllib.parse.unquote(parts.username or "guest")
+    password = urllib.parse.unquote(parts.password or "guest")
+    host = parts.hostname or "localhost"
+    credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
+    netloc = f"{credentials}@{host}:{port}"
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", "", ""))
+
+
+def vhost_of(url: str) -> str:
+    """The vhost of an AMQP or management URL ('/' for an empty path, as KEDA does)."""
+    path = urllib.parse.urlsplit(url).path
+    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+
+
+class ManagementApiReader:
+    """Reads ready + unacked from the RabbitMQ management HTTP API (KEDA `protocol: http`)."""
+
+    def __init__(
+        self, management_url: str, queue: str, *, vhost: str | None = None, timeout_s: float = 3.0
+    ) -> None:
+        parts = urllib.parse.urlsplit(management_url)
+        self._base = urllib.parse.urlunsplit(
+            (parts.scheme, f"{parts.hostname}:{parts.port or DEFAULT_MANAGEMENT_PORT}", "", "", "")
+        )
+        user = urllib.parse.unquote(parts.username or "guest")
+        password = urllib.parse.unquote(parts.password or "guest")
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.vhost = vhost if vhost is not None else vhost_of(management_url)
+        self.queue = queue
+        self.timeout_s = timeout_s
+
+    @property
+    def endpoint(self) -> str:
+        """The API address without credentials (safe to print)."""
+        return self._base
+
+    def get_json(self, path: str) -> Any:
+        """GET an API path (already quoted) and decode the JSON answer."""
+        request = urllib.request.Request(
+            f"{self._base}{path}", headers={"Authorization": self._auth}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise QueueDepthError(f"management API {path}: HTTP {exc.code}") from exc
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise QueueDepthError(f"management API at {self._base} unreachable: {exc}") from exc
+
+    def read(self) -> QueueDepth:
+        """Current depth of the queue."""
+        path = (
+            f"/api/queues/{urllib.parse.quote(self.vhost, safe='')}/"
+            f"{urllib.parse.quote(self.queue, safe='')}"
+        )
+        return parse_management_queue(self.get_json(path))
+
+    def ping(self) -> bool:
+        """True when the API answers /api/overview with these credentials."""
+        try:
+            self.get_json("/api/overview")
+        except QueueDepthError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to release (one HTTP request per reading)."""
+
+
+class PassiveDeclareReader:
+    """Reads the ready count by passive queue.declare over AMQP (KEDA `protocol: amqp`)."""
+
+    def __init__(self, amqp_url: str, queue: str) -> None:
+        self.amqp_url = amqp_url
+        self.queue = queue
+        self._connection: BlockingConnection | None = None
+
+    def _channel(self) -> Any:
+        import pika
+
+        if self._connection is None or self._connection.is_closed:
+            params = pika.URLParameters(self.amqp_url)
+            params.connection_attempts = 1
+            params.socket_timeout = 3
+            self._connection = pika.BlockingConnection(params)
+        return self._connection.channel()
+
+    def read(self) -> QueueDepth:
+        """Ready messages and consumer count of the queue."""
+        import pika.exceptions
+
+        try:
+            channel = self._channel()
+            try:
+                frame = channel.queue_declare(self.queue, passive=True)
+            finally:
+                if channel.is_open:
+                    channel.close()
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise QueueDepthError(f"queue {self.queue!r}: {exc.reply_text}") from exc
+        except pika.exceptions.AMQPError as exc:
+            self.close()
+            raise QueueDepthError(f"AMQP passive declare failed: {exc!r}") from exc
+        return QueueDepth(
+            queue=self.queue,
+            ready=int(frame.method.message_count),
+            unacked=None,
+            consumers=int(frame.method.consumer_count),
+            source=AMQP_SOURCE,
+        )
+
+    def close(self) -> None:
+        """Close the AMQP connection if open."""
+        if self._connection is not None and self._connection.is_open:
+            # NOTE: closing a broken connection must not raise.
+            with contextlib.suppress(Exception):
+                self._connection.close()
+        self._connection = None
+
+
+class FallbackDepthReader:
+    """Management API when it answers, the AMQP passive-declare count (labelled) otherwise."""
+
+    def __init__(self, primary: ManagementApiReader | None, fallback: PassiveDeclareReader) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.last_error: str | None = None
+
+    def read(self) -> QueueDepth:
+        """One reading from the best available source."""
+        if self.primary is not None:
+            try:
+                depth = self.primary.read()
+            except QueueDepthError as exc:
+                self.last_error = str(exc)
+            else:
+                self.last_error = None
+                return depth
+        return self.fallback.read()
+
+    def close(self) -> None:
+        """Close both readers."""
+        if self.primary is not None:
+            self.primary.close()
+        self.fallback.close()
+
+
+def depth_reader_for(
+    amqp_url: str, queue: str, *, management_url: str | None, protocol: str = "http"
+) -> FallbackDepthReader:
+    """The reader KEDA's `protocol` implies: http/auto try the management API first."""
+    primary = None
+    if protocol != "amqp":
+        primary = ManagementApiReader(
+            management_url or management_url_from_amqp(amqp_url), queue, vhost=vhost_of(amqp_url)
+        )
+    return FallbackDepthReader(primary, PassiveDeclareReader(amqp_url, queue))

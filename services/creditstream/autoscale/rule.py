@@ -1,0 +1,393 @@
+"""The KEDA + HPA scaling rule for the RabbitMQ QueueLength trigger, as pure code.
+
+Two loops act on one replica count, exactly as in a cluster:
+
+* KEDA's poll (every `pollingInterval`) owns 0 <-> 1: the trigger is active while the queue
+  holds more than `activationValue`; activation sets max(1, minReplicaCount); scale to zero
+  happens only `cooldownPeriod` after the last active poll (or, never active, after
+  `initialCooldownPeriod` since creation).
+* The HPA sync (every 15 s, `--horizontal-pod-autoscaler-sync-period`) owns 1 <-> N:
+  desired = ceil(messages / value), no change within the 10 % tolerance, the scale-down
+  stabilization window (highest recommendation of the window), the scale-up/down rate
+  policies, clamped to [max(1, minReplicaCount), maxReplicaCount]. The HPA does nothing while
+  the target has 0 replicas.
+
+Sources: keda-docs `reference/scaledobject-spec.md`, `scalers/rabbitmq-queue.md`, KEDA
+`pkg/scaling/executor/scale_scaledobjects.go`; Kubernetes `pkg/controller/podautoscaler/
+horizontal.go` (stabilizeRecommendationWithBehaviors, convertDesiredReplicasWithBehaviorRate)
+and `replica_calculator.go` (GetExternalPerPodMetricReplicas). No I/O here: the caller passes
+the clock, the metric and the current replica count.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+PolicyKind = Literal["Pods", "Percent"]
+SelectPolicy = Literal["Max", "Min", "Disabled"]
+
+DEFAULT_HPA_SYNC_PERIOD_S = 15.0
+DEFAULT_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """One HPA rate policy: at most `value` pods (or percent) per `period_s` seconds."""
+
+    kind: PolicyKind
+    value: int
+    period_s: float
+
+
+@dataclass(frozen=True)
+class ScalingRules:
+    """HPA behavior for one direction (autoscaling/v2 HPAScalingRules)."""
+
+    stabilization_window_s: float
+    select_policy: SelectPolicy
+    policies: tuple[ScalingPolicy, ...]
+
+
+# NOTE: Kubernetes defaults when `behavior` leaves a direction (or a field of it) unset.
+DEFAULT_SCALE_UP = ScalingRules(
+    stabilization_window_s=0,
+    select_policy="Max",
+    policies=(ScalingPolicy("Pods", 4, 15), ScalingPolicy("Percent", 100, 15)),
+)
+DEFAULT_SCALE_DOWN = ScalingRules(
+    stabilization_window_s=300,
+    select_policy="Max",
+    policies=(ScalingPolicy("Percent", 100, 15),),
+)
+
+
+def scaling_rules_from_spec(spec: Mapping[str, Any] | None, default: ScalingRules) -> ScalingRules:
+    """HPAScalingRules as written in YAML (camelCase) with the unset fields defaulted."""
+    if not spec:
+        return default
+    policies = default.policies
+    if spec.get("policies") is not None:
+        policies = tuple(
+            ScalingPolicy(kind=p["type"], value=int(p["value"]), period_s=float(p["periodSeconds"]))
+            for p in spec["policies"]
+        )
+    window = spec.get("stabilizationWindowSeconds")
+    return ScalingRules(
+        stabilization_window_s=default.stabilization_window_s if window is None else float(window),
+        select_policy=spec.get("selectPolicy") or default.select_policy,
+        policies=policies,
+    )
+
+
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    """ScaledObject + trigger + HPA parameters, as the chart's `autoscaling:` values give them."""
+
+    queue_name: str
+    value: float
+    activation_value: float = 0.0
+    min_replica_count: int = 0
+    max_replica_count: int = 100
+    polling_interval_s: float = 30.0
+    cooldown_period_s: float = 300.0
+    initial_cooldown_period_s: float = 0.0
+    protocol: str = "auto"
+    scale_up: ScalingRules = DEFAULT_SCALE_UP
+    scale_down: ScalingRules = DEFAULT_SCALE_DOWN
+    tolerance: float = DEFAULT_TOLERANCE
+    hpa_sync_period_s: float = DEFAULT_HPA_SYNC_PERIOD_S
+
+    def __post_init__(self) -> None:
+        if self.value <= 0:
+            raise ValueError(f"autoscaling.queueLength (trigger value) must be > 0: {self.value}")
+        if self.max_replica_count < max(1, self.min_replica_count):
+            raise ValueError(
+                f"maxReplicaCount {self.max_replica_count} < max(1, minReplicaCount "
+                f"{self.min_replica_count})"
+            )
+
+    @property
+    def hpa_min_replicas(self) -> int:
+        """KEDA creates the HPA with minReplicas = max(1, minReplicaCount)."""
+        return max(1, self.min_replica_count)
+
+    @classmethod
+    def from_values(
+        cls, values: Mapping[str, Any], *, hpa_sync_period_s: float = DEFAULT_HPA_SYNC_PERIOD_S
+    ) -> AutoscalingConfig:
+        """Read `autoscaling:` and `consumer.queueName` of the chart values."""
+        scaling = values.get("autoscaling") or {}
+        behavior = scaling.get("behavior") or {}
+        consumer = values.get("consumer") or {}
+        return cls(
+            queue_name=str(consumer.get("queueName", "creditstream.requests")),
+            value=float(scaling["queueLength"]),
+            activation_value=float(scaling.get("activationQueueLength", 0)),
+            min_replica_count=int(scaling.get("minReplicaCount", 0)),
+            max_replica_count=int(scaling.get("maxReplicaCount", 100)),
+            polling_interval_s=float(scaling.get("pollingInterval", 30)),
+            cooldown_period_s=float(scaling.get("cooldownPeriod", 300)),
+            initial_cooldown_period_s=float(scaling.get("initialCooldownPeriod", 0)),
+            protocol=str(scaling.get("protocol", "auto")),
+            scale_up=scaling_rules_from_spec(behavior.get("scaleUp"), DEFAULT_SCALE_UP),
+            scale_down=scaling_rules_from_spec(behavior.get("scaleDown"), DEFAULT_SCALE_DOWN),
+            hpa_sync_period_s=hpa_sync_period_s,
+        )
+
+    def describe(self) -> list[str]:
+        """Human-readable lines of every parameter (printed by the demo)."""
+        return [
+            f"queue={self.queue_name} value={self.value:g}"
+            f" activationValue={self.activation_value:g} protocol={self.protocol}",
+            f"replicas=[{self.min_replica_count}, {self.max_replica_count}]"
+            f" pollingInterval={self.polling_interval_s:g}s"
+            f" cooldownPeriod={self.cooldown_period_s:g}s"
+            f" initialCooldownPeriod={self.initial_cooldown_period_s:g}s",
+            f"HPA sync={self.hpa_sync_period_s:g}s tolerance={self.tolerance:g}"
+            f" scaleUp.window={self.scale_up.stabilization_window_s:g}s"
+            f" scaleDown.window={self.scale_down.stabilization_window_s:g}s",
+        ]
+
+
+def load_chart_values(path: Path) -> dict[str, Any]:
+    """The chart's values.yaml as a dict (the one source of truth for the rule)."""
+    import yaml
+
+    with path.open(encoding="utf-8") as handle:
+        loaded = yaml.safe_load(handle) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return loaded
+
+
+def parse_set_override(text: str) -> dict[str, Any]:
+    """`a.b.c=VALUE` (helm --set syntax, a YAML scalar) as a nested dict."""
+    import yaml
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {text!r} is not KEY=VALUE")
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def merge_values(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overlay` onto `base` like helm layers `--set` onto values.yaml."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_values(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def flatten_values(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """`a.b=value` lines of a nested mapping (how overrides are printed)."""
+    lines: list[str] = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            lines.extend(flatten_values(value, prefix=f"{path}."))
+        else:
+            lines.append(f"{path}={value}")
+    return lines
+
+
+def hpa_metric_replicas(metric: float, value: float, current: int, tolerance: float) -> int:
+    """HPA's AverageValue rule for an external metric: ceil(metric/value) outside the tolerance."""
+    if current <= 0:
+        return math.ceil(metric / value)
+    usage_ratio = metric / (value * current)
+    if abs(1.0 - usage_ratio) <= tolerance:
+        return current
+    return math.ceil(metric / value)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one KEDA poll or HPA sync decided."""
+
+    at: float
+    loop: Literal["keda", "hpa"]
+    metric: float
+    active: bool
+    current: int
+    desired: int
+    reason: str
+
+
+@dataclass
+class _Event:
+    at: float
+    replicas: int
+
+
+@dataclass
+class KedaHpaAutoscaler:
+    """Stateful KEDA poll + HPA sync over one scale target; the caller supplies time and metric."""
+
+    config: AutoscalingConfig
+    created_at: float
+    last_active_at: float | None = None
+    _recommendations: list[_Event] = field(default_factory=list)
+    _up_events: list[_Event] = field(default_factory=list)
+    _down_events: list[_Event] = field(default_factory=list)
+    _next_poll_at: float | None = None
+    _next_sync_at: float | None = None
+
+    def is_active(self, metric: float) -> bool:
+        """KEDA RabbitMQ scaler: active while messages > activationValue."""
+        return metric > self.config.activation_value
+
+    def keda_poll(self, now: float, metric: float, current: int) -> Decision:
+        """One KEDA poll: activation from zero, or scale to zero after the cooldown."""
+        cfg = self.config
+        active = self.is_active(metric)
+        if active:
+            self.last_active_at = now
+            if current < cfg.hpa_min_replicas:
+                return Decision(
+                    now, "keda", metric, True, current, cfg.hpa_min_replicas, "activated"
+                )
+            return Decision(now, "keda", metric, True, current, current, "active")
+        if current > 0 and cfg.min_replica_count == 0:
+            if self.last_active_at is None:
+                cooled = now > self.created_at + cfg.initial_cooldown_period_s
+            else:
+                cooled = now > self.last_active_at + cfg.cooldown_period_s
+            if cooled:
+                return Decision(now, "keda", metric, False, current, 0, "deactivated")
+            return Decision(now, "keda", metric, False, current, current, "cooling down")
+        if current < cfg.min_replica_count:
+            return Decision(
+                now, "keda", metric, False, current, cfg.min_replica_count, "below minReplicaCount"
+            )
+        return Decision(now, "keda", metric, False, current, current, "inactive")
+
+    def hpa_sync(self, now: float, metric: float, current: int) -> Decision:
+        """One HPA reconcile: metric rule, stabilization, rate limits, bounds."""
+        cfg = self.config
+        active = self.is_active(metric)
+        if current == 0:
+            return Decision(now, "hpa", metric, active, 0, 0, "scaling disabled at 0 replicas")
+        proposal = hpa_metric_replicas(metric, cfg.value, current, cfg.tolerance)
+        proposal = min(max(proposal, cfg.hpa_min_replicas), cfg.max_replica_count)
+        stabilized = self._stabilize(now, proposal, current)
+        desired, reason = self._rate_limit(now, stabilized, current)
+        desired = min(max(desired, cfg.hpa_min_replicas), cfg.max_replica_count)
+        if desired > current:
+            self._up_events.append(_Event(now, desired - current))
+        elif desired < current:
+            self._down_events.append(_Event(now, current - desired))
+        self._forget(now)
+        if desired == current and reason == "":
+            reason = "within tolerance" if proposal == current else "stabilized"
+        return Decision(now, "hpa", metric, active, current, desired, reason or "metric")
+
+    def step(self, now: float, metric: float, current: int) -> tuple[int, list[Decision]]:
+        """Run the loops due at `now`; return the replica count to apply and the decisions."""
+        decisions: list[Decision] = []
+        if self._next_poll_at is None or now >= self._next_poll_at:
+            decision = self.keda_poll(now, metric, current)
+            decisions.append(decision)
+            current = decision.desired
+            self._next_poll_at = now + self.config.polling_interval_s
+        if self._next_sync_at is None or now >= self._next_sync_at:
+            decision = self.hpa_sync(now, metric, current)
+            decisions.append(decision)
+            current = decision.desired
+            self._next_sync_at = now + self.config.hpa_sync_period_s
+        return current, decisions
+
+    # --- HPA internals (horizontal.go) ---------------------------------------------------------
+
+    def _stabilize(self, now: float, proposal: int, current: int) -> int:
+        up_cutoff = now - self.config.scale_up.stabilization_window_s
+        down_cutoff = now - self.config.scale_down.stabilization_window_s
+        up_recommendation = proposal
+        down_recommendation = proposal
+        for rec in self._recommendations:
+            if rec.at > up_cutoff:
+                up_recommendation = min(rec.replicas, up_recommendation)
+            if rec.at > down_cutoff:
+                down_recommendation = max(rec.replicas, down_recommendation)
+        self._recommendations.append(_Event(now, proposal))
+        recommendation = current
+        recommendation = max(recommendation, up_recommendation)
+        recommendation = min(recommendation, down_recommendation)
+        return recommendation
+
+    def _rate_limit(self, now: float, desired: int, current: int) -> tuple[int, str]:
+        if desired > current:
+            limit = max(self._scale_up_limit(now, current), current)
+            if desired > limit:
+                return limit, "scale-up rate limit"
+            return desired, "scale up"
+        if desired < current:
+            limit = min(self._scale_down_limit(now, current), current)
+            if desired < limit:
+                return limit, "scale-down rate limit"
+            return desired, "scale down"
+        return desired, ""
+
+    def _changed_within(self, events: list[_Event], now: float, period_s: float) -> int:
+        return sum(event.replicas for event in events if event.at > now - period_s)
+
+    def _scale_up_limit(self, now: float, current: int) -> int:
+        rules = self.config.scale_up
+        if rules.select_policy == "Disabled":
+            return current
+        proposals = []
+        for policy in rules.policies:
+            start = (
+                current
+                - self._changed_within(self._up_events, now, policy.period_s)
+                + self._changed_within(self._down_events, now, policy.period_s)
+            )
+            if policy.kind == "Pods":
+                proposals.append(start + policy.value)
+            else:
+                proposals.append(math.ceil(start * (1 + policy.value / 100)))
+        return min(proposals) if rules.select_policy == "Min" else max(proposals)
+
+    def _scale_down_limit(self, now: float, current: int) -> int:
+        rules = self.config.scale_down
+        if rules.select_policy == "Disabled":
+            return current
+        proposals = []
+        for policy in rules.policies:
+            start = (
+                current
+                + self._changed_within(self._down_events, now, policy.period_s)
+                - self._changed_within(self._up_events, now, policy.period_s)
+            )
+            if policy.kind == "Pods":
+                proposals.append(start - policy.value)
+            else:
+                proposals.append(int(start * (1 - policy.value / 100)))
+        # NOTE: for scale-down "Max" picks the policy allowing the biggest change: the lowest limit.
+        return max(proposals) if rules.select_policy == "Min" else min(proposals)
+
+    def _forget(self, now: float) -> None:
+        keep = max(
+            self.config.scale_up.stabilization_window_s,
+            self.config.scale_down.stabilization_window_s,
+        )
+        self._recommendations = [r for r in self._recommendations if r.at > now - keep]
+        policies = self.config.scale_up.policies + self.config.scale_down.policies
+        longest = max((p.period_s for p in policies), default=0.0)
+        self._up_events = [e for e in self._up_events if e.at > now - longest]
+        self._down_events = [e for e in self._down_events if e.at > now - longest]
+
+
+def with_queue(config: AutoscalingConfig, queue_name: str) -> AutoscalingConfig:
+    """The same rule watching another queue (the demo's per-run queue)."""
+    return replace(config, queue_name=queue_name)
