@@ -1,0 +1,180 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "creditstream.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Fully qualified app name: release + chart unless the release already holds the chart name. */}}
+{{- define "creditstream.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "consumer"). */}}
+{{- define "creditstream.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "creditstream.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Standard labels; call with (dict "ctx" $ "component" "consumer"). */}}
+{{- define "creditstream.labels" -}}
+helm.sh/chart: {{ include "creditstream.chart" .ctx }}
+{{ include "creditstream.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: creditstream
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "creditstream.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "creditstream.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Image reference; call with (dict "ctx" $ "image" .Values.consumer.image). */}}
+{{- define "creditstream.image" -}}
+{{- $repo := .image.repository -}}
+{{- with .ctx.Values.image.registry -}}{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}{{- end -}}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* Per-component override of the shared pod security context. */}}
+{{- define "creditstream.podSecurityContext" -}}
+{{- toYaml (default .ctx.Values.podSecurityContext .override) -}}
+{{- end -}}
+
+{{- define "creditstream.containerSecurityContext" -}}
+{{- toYaml (default .ctx.Values.securityContext .override) -}}
+{{- end -}}
+
+{{- define "creditstream.resources" -}}
+{{- toYaml (default .ctx.Values.resources .override) -}}
+{{- end -}}
+
+{{/* ---- broker ------------------------------------------------------------------------------ */}}
+{{- define "creditstream.rabbitmq.fullname" -}}
+{{- printf "%s-rabbitmq" (include "creditstream.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "creditstream.rabbitmq.headless" -}}
+{{- printf "%s-headless" (include "creditstream.rabbitmq.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Secret holding amqp-url and management-url for the pods and KEDA. */}}
+{{- define "creditstream.broker.secretName" -}}
+{{- if .Values.rabbitmq.enabled -}}
+{{- default (include "creditstream.rabbitmq.fullname" .) .Values.rabbitmq.auth.existingSecret -}}
+{{- else -}}
+{{- default (printf "%s-external-broker" (include "creditstream.fullname" .)) .Values.externalBroker.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.broker.amqpUrlKey" -}}
+{{- if .Values.rabbitmq.enabled -}}{{ .Values.rabbitmq.auth.secretKeys.amqpUrl }}{{- else -}}{{ .Values.externalBroker.secretKeys.amqpUrl }}{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.broker.managementUrlKey" -}}
+{{- if .Values.rabbitmq.enabled -}}{{ .Values.rabbitmq.auth.secretKeys.managementUrl }}{{- else -}}{{ .Values.externalBroker.secretKeys.managementUrl }}{{- end -}}
+{{- end -}}
+
+{{/* The vhost as it appears in a URL path: "/" -> "" (default vhost), others URL-encoded. */}}
+{{- define "creditstream.rabbitmq.vhostPath" -}}
+{{- if eq .Values.rabbitmq.vhost "/" -}}{{- else -}}{{ .Values.rabbitmq.vhost | urlquery }}{{- end -}}
+{{- end -}}
+
+{{/* Broker password: explicit value, else the one already in the cluster, else a new one. */}}
+{{- define "creditstream.rabbitmq.password" -}}
+{{- if .Values.rabbitmq.auth.password -}}
+{{- .Values.rabbitmq.auth.password -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "creditstream.rabbitmq.fullname" .) -}}
+{{- if and $existing (index $existing.data .Values.rabbitmq.auth.secretKeys.password) -}}
+{{- index $existing.data .Values.rabbitmq.auth.secretKeys.password | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ---- database ---------------------------------------------------------------------------- */}}
+{{- define "creditstream.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "creditstream.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "creditstream.database.secretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- default (include "creditstream.postgresql.fullname" .) .Values.postgresql.auth.existingSecret -}}
+{{- else -}}
+{{- default (printf "%s-database" (include "creditstream.fullname" .)) .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.database.urlKey" -}}
+{{- if .Values.postgresql.enabled -}}{{ .Values.postgresql.auth.secretKeys.databaseUrl }}{{- else if .Values.externalDatabase.existingSecret -}}{{ .Values.externalDatabase.existingSecretKey }}{{- else -}}database-url{{- end -}}
+{{- end -}}
+
+{{/* SQLite on a per-pod emptyDir when no database is configured (demo only). */}}
+{{- define "creditstream.database.sqlite" -}}
+{{- and (not .Values.postgresql.enabled) (not .Values.externalDatabase.existingSecret) (not .Values.externalDatabase.url) -}}
+{{- end -}}
+
+{{- define "creditstream.postgresql.password" -}}
+{{- if .Values.postgresql.auth.password -}}
+{{- .Values.postgresql.auth.password -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "creditstream.postgresql.fullname" .) -}}
+{{- if and $existing (index $existing.data .Values.postgresql.auth.secretKeys.password) -}}
+{{- index $existing.data .Values.postgresql.auth.secretKeys.password | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Env vars the chart manages; extraEnv may not redefine them. */}}
+{{- define "creditstream.managedEnv" -}}
+CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH
+{{- end -}}
+
+{{/* Env shared by every creditstream container: broker URLs by secretKeyRef + settings ConfigMap. */}}
+{{- define "creditstream.brokerEnv" -}}
+- name: CREDITSTREAM_AMQP_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "creditstream.broker.secretName" . }}
+      key: {{ include "creditstream.broker.amqpUrlKey" . }}
+- name: CREDITSTREAM_MANAGEMENT_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "creditstream.broker.secretName" . }}
+      key: {{ include "creditstream.broker.managementUrlKey" . }}
+{{- end -}}
+
+{{- define "creditstream.settingsEnvFrom" -}}
+- configMapRef:
+    name: {{ include "creditstream.fullname" . }}-settings
+{{- end -}}
+
+{{/* Writable scratch space for a read-only root filesystem. */}}
+{{- define "creditstream.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end -}}
