@@ -168,6 +168,82 @@ def smoke_test(
     raise typer.Exit(code=run_smoke_test(settings, timeout=timeout))
 
 
+@app.command("check-data")
+def check_data(
+    data: DataOption = None,
+    expect_full: Annotated[bool, typer.Option(
+        "--expect-full/--any-size", help="Require the full 30,000-row data set.")] = True,
+) -> None:
+    """Validate the UCI data set and print rows, default rate and sha256 digests."""
+    from creditstream.data.dataset import DatasetError, summarise
+    from creditstream.data.source import DataSourceError, resolve_data_path
+
+    settings = build_settings(data_path=data)
+    try:
+        path = data if data is not None else resolve_data_path(settings)
+        summary = summarise(path, expect_full=expect_full)
+    except (DatasetError, DataSourceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    for line in summary.lines():
+        typer.echo(line)
+
+
+@app.command()
+def download(
+    url: Annotated[str | None, typer.Option(
+        help="Archive URL (default: CREDITSTREAM_UCI_ARCHIVE_URL).", show_default=False)] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Download directory (default: CREDITSTREAM_CACHE_DIR).", show_default=False)] = None,
+) -> None:
+    """Fetch the official UCI archive (id 350) into the cache and verify its content digest."""
+    from creditstream.data.download import DownloadError, download_uci
+
+    settings = build_settings(uci_archive_url=url, cache_dir=cache_dir)
+    try:
+        result = download_uci(settings)
+    except DownloadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"downloaded {result.rows} rows to {result.path}")
+    typer.echo(f"archive sha256: {result.archive_sha256}")
+    typer.echo(f"content sha256: {result.content_sha256} (matches the pinned digest)")
+
+
+@app.command()
+def train(
+    data: DataOption = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", help="Where to write the ONNX model, model card and report "
+        "(default: the directory of CREDITSTREAM_MODEL_PATH).", show_default=False)] = None,
+    allow_download: Annotated[bool, typer.Option(
+        "--download/--no-download", help="Download the UCI archive if no data is found.")] = False,
+) -> None:
+    """Select a model by CV, fit it, export ONNX and write the model card and report."""
+    from creditstream.data.dataset import DatasetError
+    from creditstream.data.source import DataSourceError, resolve_data_path
+    from creditstream.training.train import run_training
+
+    settings = build_settings(data_path=data)
+    try:
+        path = resolve_data_path(settings, allow_download=allow_download)
+        result = run_training(settings, path, out_dir or settings.model_path.parent)
+    except (DatasetError, DataSourceError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    card = result.card
+    holdout = card["metrics"]["holdout"]
+    cv = card["metrics"]["cv"]
+    typer.echo(f"model {card['version']} ({card['selection']['chosen']}) from {path}")
+    typer.echo(f"hold-out AUC {holdout['auc']:.4f}  F1 {holdout['f1']:.4f}  "
+               f"Brier {holdout['brier']:.4f}  at threshold {card['threshold']['value']:.4f}")
+    typer.echo(f"CV AUC {cv['auc_mean']:.4f} ± {cv['auc_std']:.4f}; full-data AUC "
+               f"{card['metrics']['full_data']['auc']:.6f}; parity "
+               f"{card['parity']['holdout_max_abs_diff']:.2e}")
+    for name, written in result.paths.items():
+        typer.echo(f"{name}: {written}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

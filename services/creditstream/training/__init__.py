@@ -1,0 +1,1 @@
+"""Model training: engineered features (with their ONNX converter), fit, export, model card."""
