@@ -35,40 +35,64 @@ def _setup_logging(settings: Settings, component: str) -> None:
 
 
 AmqpUrlOption = Annotated[
-    str | None, typer.Option("--amqp-url", help="AMQP URL (default: CREDITSTREAM_AMQP_URL).",
-                             show_default=False)
+    str | None,
+    typer.Option(
+        "--amqp-url", help="AMQP URL (default: CREDITSTREAM_AMQP_URL).", show_default=False
+    ),
 ]
 DatabaseUrlOption = Annotated[
-    str | None, typer.Option("--database-url", help="SQLAlchemy URL of the results store.",
-                             show_default=False)
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL of the results store.", show_default=False),
 ]
 DataOption = Annotated[
-    Path | None, typer.Option("--data", help="UCI data set (.csv or official .xls).",
-                              show_default=False)
+    Path | None,
+    typer.Option("--data", help="UCI data set (.csv or official .xls).", show_default=False),
 ]
 
 
 @app.command()
 def produce(
     data: DataOption = None,
-    synthetic: Annotated[bool, typer.Option(
-        "--synthetic", help="Send SYNTHETIC records drawn from the model card's distributions.")
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic", help="Send SYNTHETIC records drawn from the model card's distributions."
+        ),
     ] = False,
     limit: Annotated[int | None, typer.Option(help="Send at most N records.", min=1)] = None,
-    rate: Annotated[float | None, typer.Option(
-        help="Target records per second (default: as fast as confirms allow).", min=0.001)] = None,
-    interval: Annotated[float | None, typer.Option(
-        help="Seconds to pause between messages (alternative to --rate).", min=0)] = None,
-    records_per_message: Annotated[int, typer.Option(
-        "--records-per-message", "-k", help="Records per AMQP message (JSON array when > 1).",
-        min=1)] = 1,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Target records per second (default: as fast as confirms allow).", min=0.001
+        ),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds to pause between messages (alternative to --rate).", min=0),
+    ] = None,
+    records_per_message: Annotated[
+        int,
+        typer.Option(
+            "--records-per-message",
+            "-k",
+            help="Records per AMQP message (JSON array when > 1).",
+            min=1,
+        ),
+    ] = 1,
     repeat: Annotated[int, typer.Option(help="Stream the data this many times.", min=1)] = 1,
-    run_id: Annotated[str | None, typer.Option(
-        help="Stable run id: message ids derive from it, so a rerun is deduplicated.")] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(help="Stable run id: message ids derive from it, so a rerun is deduplicated."),
+    ] = None,
     amqp_url: AmqpUrlOption = None,
-    progress: Annotated[bool | None, typer.Option(
-        "--progress/--no-progress", help="Progress bar (default: on a terminal).",
-        show_default=False)] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Progress bar (default: on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Stream client records into RabbitMQ with publisher confirms."""
     from creditstream.producer import run_producer
@@ -96,14 +120,20 @@ def produce(
 
 @app.command()
 def consume(
-    batch_size: Annotated[int | None, typer.Option(help="Max records per ONNX call.", min=1)] = None,
-    batch_timeout_ms: Annotated[int | None, typer.Option(
-        help="Flush a partial batch after T ms.", min=0)] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Max records per ONNX call.", min=1)
+    ] = None,
+    batch_timeout_ms: Annotated[
+        int | None, typer.Option(help="Flush a partial batch after T ms.", min=0)
+    ] = None,
     prefetch: Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)] = None,
-    exit_when_idle: Annotated[float | None, typer.Option(
-        "--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0)] = None,
-    http_port: Annotated[int | None, typer.Option(
-        help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
+    ] = None,
     amqp_url: AmqpUrlOption = None,
     database_url: DatabaseUrlOption = None,
     model: Annotated[Path | None, typer.Option("--model", help="ONNX model file.")] = None,
@@ -153,6 +183,8 @@ def predict(
             raise typer.Exit(code=1) from exc
     for prediction in predictions:
         typer.echo(json.dumps(prediction))
+    if any("error" in p for p in predictions):
+        raise typer.Exit(code=1)
 
 
 @app.command("smoke-test")
@@ -171,8 +203,9 @@ def smoke_test(
 @app.command("check-data")
 def check_data(
     data: DataOption = None,
-    expect_full: Annotated[bool, typer.Option(
-        "--expect-full/--any-size", help="Require the full 30,000-row data set.")] = True,
+    expect_full: Annotated[
+        bool, typer.Option("--expect-full/--any-size", help="Require the full 30,000-row data set.")
+    ] = True,
 ) -> None:
     """Validate the UCI data set and print rows, default rate and sha256 digests."""
     from creditstream.data.dataset import DatasetError, summarise
@@ -191,10 +224,18 @@ def check_data(
 
 @app.command()
 def download(
-    url: Annotated[str | None, typer.Option(
-        help="Archive URL (default: CREDITSTREAM_UCI_ARCHIVE_URL).", show_default=False)] = None,
-    cache_dir: Annotated[Path | None, typer.Option(
-        help="Download directory (default: CREDITSTREAM_CACHE_DIR).", show_default=False)] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Archive URL (default: CREDITSTREAM_UCI_ARCHIVE_URL).", show_default=False
+        ),
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Download directory (default: CREDITSTREAM_CACHE_DIR).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Fetch the official UCI archive (id 350) into the cache and verify its content digest."""
     from creditstream.data.download import DownloadError, download_uci
@@ -213,11 +254,21 @@ def download(
 @app.command()
 def train(
     data: DataOption = None,
-    out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", help="Where to write the ONNX model, model card and report "
-        "(default: the directory of CREDITSTREAM_MODEL_PATH).", show_default=False)] = None,
-    allow_download: Annotated[bool, typer.Option(
-        "--download/--no-download", help="Download the UCI archive if no data is found.")] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            help="Where to write the ONNX model, model card and report "
+            "(default: the directory of CREDITSTREAM_MODEL_PATH).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_download: Annotated[
+        bool,
+        typer.Option(
+            "--download/--no-download", help="Download the UCI archive if no data is found."
+        ),
+    ] = False,
 ) -> None:
     """Select a model by CV, fit it, export ONNX and write the model card and report."""
     from creditstream.data.dataset import DatasetError
@@ -235,11 +286,15 @@ def train(
     holdout = card["metrics"]["holdout"]
     cv = card["metrics"]["cv"]
     typer.echo(f"model {card['version']} ({card['selection']['chosen']}) from {path}")
-    typer.echo(f"hold-out AUC {holdout['auc']:.4f}  F1 {holdout['f1']:.4f}  "
-               f"Brier {holdout['brier']:.4f}  at threshold {card['threshold']['value']:.4f}")
-    typer.echo(f"CV AUC {cv['auc_mean']:.4f} ± {cv['auc_std']:.4f}; full-data AUC "
-               f"{card['metrics']['full_data']['auc']:.6f}; parity "
-               f"{card['parity']['holdout_max_abs_diff']:.2e}")
+    typer.echo(
+        f"hold-out AUC {holdout['auc']:.4f}  F1 {holdout['f1']:.4f}  "
+        f"Brier {holdout['brier']:.4f}  at threshold {card['threshold']['value']:.4f}"
+    )
+    typer.echo(
+        f"CV AUC {cv['auc_mean']:.4f} ± {cv['auc_std']:.4f}; full-data AUC "
+        f"{card['metrics']['full_data']['auc']:.6f}; parity "
+        f"{card['parity']['holdout_max_abs_diff']:.2e}"
+    )
     for name, written in result.paths.items():
         typer.echo(f"{name}: {written}")
 

@@ -69,14 +69,16 @@ def _float_constant(token: str) -> float:
 def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
     """Check one decoded JSON value against the record contract."""
     if not isinstance(obj, dict):
-        return Rejection(RejectReason.NOT_OBJECT, f"record is {type(obj).__name__}, not an object",
-                         index, obj)
+        return Rejection(
+            RejectReason.NOT_OBJECT, f"record is {type(obj).__name__}, not an object", index, obj
+        )
     keys = obj.keys()
     if keys != _EXPECTED_KEYS:
         missing = sorted(_EXPECTED_KEYS - keys)
         if missing:
-            return Rejection(RejectReason.MISSING, f"missing field(s): {', '.join(missing)}",
-                             index, obj)
+            return Rejection(
+                RejectReason.MISSING, f"missing field(s): {', '.join(missing)}", index, obj
+            )
         extra = sorted(str(k) for k in keys - _EXPECTED_KEYS)
         return Rejection(RejectReason.EXTRA, f"unexpected field(s): {', '.join(extra)}", index, obj)
 
@@ -85,25 +87,41 @@ def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
         (isinstance(record_id, int) and record_id >= 0)
         or (isinstance(record_id, str) and 0 < len(record_id) <= ID_MAX_LENGTH)
     ):
-        return Rejection(RejectReason.BAD_ID, "ID must be an integer >= 0 or a string of "
-                         f"1..{ID_MAX_LENGTH} characters", index, obj)
+        return Rejection(
+            RejectReason.BAD_ID,
+            f"ID must be an integer >= 0 or a string of 1..{ID_MAX_LENGTH} characters",
+            index,
+            obj,
+        )
 
     values: list[float] = []
     for spec in _SPECS:
         value = obj[spec.name]
         # NOTE: bool is a subclass of int; `true` is not a number in this contract.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return Rejection(RejectReason.TYPE, f"{spec.name} must be a number, got "
-                             f"{type(value).__name__}", index, obj)
+            return Rejection(
+                RejectReason.TYPE,
+                f"{spec.name} must be a number, got {type(value).__name__}",
+                index,
+                obj,
+            )
         if isinstance(value, float):
             if not math.isfinite(value):
                 return Rejection(RejectReason.NOT_FINITE, f"{spec.name} is not finite", index, obj)
             if spec.integer and not value.is_integer():
-                return Rejection(RejectReason.TYPE, f"{spec.name} must be a whole number, got "
-                                 f"{value}", index, obj)
+                return Rejection(
+                    RejectReason.TYPE,
+                    f"{spec.name} must be a whole number, got {value}",
+                    index,
+                    obj,
+                )
         if not spec.minimum <= value <= spec.maximum:
-            return Rejection(RejectReason.RANGE, f"{spec.name}={value} outside "
-                             f"[{spec.minimum:g}, {spec.maximum:g}]", index, obj)
+            return Rejection(
+                RejectReason.RANGE,
+                f"{spec.name}={value} outside [{spec.minimum:g}, {spec.maximum:g}]",
+                index,
+                obj,
+            )
         values.append(float(value))
     return ValidRecord(record_id, index, tuple(values))
 
@@ -118,12 +136,16 @@ def decode_request(
     """Decode a request body into valid records and per-record rejections; never raises."""
     decoded = DecodedMessage()
     if content_type is not None and content_type.lower() not in JSON_CONTENT_TYPES:
-        decoded.rejections.append(Rejection(RejectReason.CONTENT_TYPE,
-                                            f"content_type {content_type!r} is not application/json"))
+        decoded.rejections.append(
+            Rejection(
+                RejectReason.CONTENT_TYPE, f"content_type {content_type!r} is not application/json"
+            )
+        )
         return decoded
     if len(body) > max_body_bytes:
-        decoded.rejections.append(Rejection(RejectReason.TOO_LARGE,
-                                            f"body of {len(body)} bytes > {max_body_bytes}"))
+        decoded.rejections.append(
+            Rejection(RejectReason.TOO_LARGE, f"body of {len(body)} bytes > {max_body_bytes}")
+        )
         return decoded
     try:
         text = body.decode("utf-8")
@@ -142,8 +164,9 @@ def decode_request(
             decoded.rejections.append(Rejection(RejectReason.EMPTY, "empty array of records"))
             return decoded
         if len(payload) > max_records:
-            decoded.rejections.append(Rejection(RejectReason.TOO_MANY,
-                                                f"{len(payload)} records > {max_records}"))
+            decoded.rejections.append(
+                Rejection(RejectReason.TOO_MANY, f"{len(payload)} records > {max_records}")
+            )
             return decoded
         items = payload
     else:

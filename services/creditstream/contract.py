@@ -49,22 +49,40 @@ FEATURE_SPECS: Final[dict[str, FeatureSpec]] = {
     for s in (
         _spec("LIMIT_BAL", 1, _AMOUNT_LIMIT, False, "Credit limit (NT dollars), > 0."),
         _spec("SEX", 1, 2, True, "1 = male, 2 = female."),
-        _spec("EDUCATION", 0, 6, True, "1 graduate school, 2 university, 3 high school, 4 others; "
-              "0, 5, 6 unknown."),
+        _spec(
+            "EDUCATION",
+            0,
+            6,
+            True,
+            "1 graduate school, 2 university, 3 high school, 4 others; 0, 5, 6 unknown.",
+        ),
         _spec("MARRIAGE", 0, 3, True, "1 married, 2 single, 3 others; 0 unknown."),
         _spec("AGE", 18, 120, True, "Age in years."),
         *(
-            _spec(m, -2, 9, True, "Repayment status: -2 no consumption, -1 paid duly, "
-                  "0 revolving, 1..9 months of delay.")
+            _spec(
+                m,
+                -2,
+                9,
+                True,
+                "Repayment status: -2 no consumption, -1 paid duly, "
+                "0 revolving, 1..9 months of delay.",
+            )
             for m in REPAYMENT_MONTHS
         ),
         *(
-            _spec(b, -_AMOUNT_LIMIT, _AMOUNT_LIMIT, False, "Bill statement amount (may be "
-                  "negative: credit balance).")
+            _spec(
+                b,
+                -_AMOUNT_LIMIT,
+                _AMOUNT_LIMIT,
+                False,
+                "Bill statement amount (may be negative: credit balance).",
+            )
             for b in BILL_FIELDS
         ),
-        *(_spec(p, 0, _AMOUNT_LIMIT, False, "Amount of previous payment, >= 0.")
-          for p in PAYMENT_FIELDS),
+        *(
+            _spec(p, 0, _AMOUNT_LIMIT, False, "Amount of previous payment, >= 0.")
+            for p in PAYMENT_FIELDS
+        ),
     )
 }
 assert tuple(FEATURE_SPECS) == FEATURES

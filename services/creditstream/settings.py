@@ -43,13 +43,19 @@ class Settings(BaseSettings):
         description="RabbitMQ management API base URL (http://user:pass@host:15672); used to "
         "count ready + unacked messages. Derived from amqp_url when unset.",
     )
-    requests_exchange: str = Field("creditstream.requests", description="Exchange producers publish to.")
+    requests_exchange: str = Field(
+        "creditstream.requests", description="Exchange producers publish to."
+    )
     requests_queue: str = Field(
         "creditstream.requests",
         description="Queue consumers read (and KEDA watches); bound to requests_exchange.",
     )
-    dead_letter_exchange: str = Field("creditstream.dead", description="Exchange for rejected records.")
-    dead_letter_queue: str = Field("creditstream.dead", description="Queue holding rejected records.")
+    dead_letter_exchange: str = Field(
+        "creditstream.dead", description="Exchange for rejected records."
+    )
+    dead_letter_queue: str = Field(
+        "creditstream.dead", description="Queue holding rejected records."
+    )
     predictions_exchange: str = Field(
         "creditstream.predictions", description="Exchange every scored batch is published to."
     )
@@ -122,7 +128,9 @@ class Settings(BaseSettings):
         None, ge=0, description="Exit 0 after this many seconds with no delivery (None: never)."
     )
     http_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics.")
-    http_port: int = Field(8000, ge=0, le=65_535, description="Port of the HTTP endpoints (0: off).")
+    http_port: int = Field(
+        8000, ge=0, le=65_535, description="Port of the HTTP endpoints (0: off)."
+    )
     inference_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
 
     # --- producer ---------------------------------------------------------------------------
@@ -139,7 +147,9 @@ class Settings(BaseSettings):
     )
 
     # --- logging ----------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="json lines, rich console, or auto (console on a terminal)."
     )

@@ -59,10 +59,13 @@ class Topology:
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
-        channel.queue_declare(self.dead_letter_queue, durable=True,
-                              arguments={"x-queue-type": "quorum"})
+        channel.queue_declare(
+            self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
-        channel.queue_declare(self.requests_queue, durable=True,
-                              arguments=self.requests_queue_arguments())
-        channel.queue_bind(self.requests_queue, self.requests_exchange,
-                           routing_key=REQUEST_ROUTING_KEY)
+        channel.queue_declare(
+            self.requests_queue, durable=True, arguments=self.requests_queue_arguments()
+        )
+        channel.queue_bind(
+            self.requests_queue, self.requests_exchange, routing_key=REQUEST_ROUTING_KEY
+        )
