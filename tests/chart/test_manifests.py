@@ -1,0 +1,417 @@
+"""Rendered objects: Kubernetes/KEDA schemas, checkov, targeted contract assertions, drift."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import render_manifests
+import yaml
+from chart_checks import (
+    by_kind,
+    grace_period_problems,
+    plain_credential_problems,
+    probe_problems,
+    queue_name_problems,
+    replicas_problems,
+    secret_ref_problems,
+    trigger_auth_problems,
+)
+from conftest import (
+    CASE_PARAMS,
+    CASES,
+    REPO_ROOT,
+    SHARED,
+    ValuesCase,
+    effective_values,
+    external_secrets,
+    helm_template,
+    parse_docs,
+)
+
+pytestmark = [pytest.mark.chart, pytest.mark.timeout(300)]
+
+KUBERNETES_VERSIONS = ["1.30.0", "1.34.0"]
+KEDA_SCHEMAS = SHARED / "schemas" / "keda"
+SKAFFOLD_SCHEMA = SHARED / "schemas" / "skaffold" / "v4beta14.json"
+CRD_FILES = {
+    "ScaledObject": "keda.sh_scaledobjects.yaml",
+    "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",
+}
+RENDERED_DIR = REPO_ROOT / "k8s" / "rendered"
+
+
+# --- schemas -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_objects_valid_against_kubernetes_schemas_strict(
+    rendered_docs: dict[str, Docs], case: ValuesCase, version: str
+) -> None:
+    checked, errors = 0, []
+    for doc in rendered_docs[case.id]:
+        if doc["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
+            continue  # CRDs: validated below against their own schemas
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']} {doc['metadata']['name']}: {exc.message}")
+        checked += 1
+    assert checked >= 8
+    assert errors == []
+
+
+def test_strict_kubernetes_validation_rejects_an_unknown_field(rendered_docs: dict[str, Docs]) -> None:
+    deployment = copy.deepcopy(by_kind(rendered_docs["defaults"], "Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.34.0", strict=True)
+
+
+def _strict(schema: Any) -> Any:
+    """CRD openAPIV3Schema -> JSON Schema that rejects unknown fields (as a structural schema prunes)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if (
+            out.get("type") == "object"
+            and "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@cache
+def _keda_validator(kind: str) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load((KEDA_SCHEMAS / CRD_FILES[kind]).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+
+
+def _keda_errors(doc: dict[str, Any]) -> list[str]:
+    body = {k: v for k, v in doc.items() if k != "metadata"}  # metadata: checked by the API server
+    validator = _keda_validator(doc["kind"])
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+
+
+def _require_keda_schemas() -> None:
+    if not KEDA_SCHEMAS.is_dir():
+        pytest.skip(f"KEDA CRD schemas not found at {KEDA_SCHEMAS} (shared/ missing)")
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_keda_objects_valid_against_keda_crds(rendered_docs: dict[str, Docs], case: ValuesCase) -> None:
+    _require_keda_schemas()
+    docs = rendered_docs[case.id]
+    keda = [d for d in docs if d["apiVersion"] == "keda.sh/v1alpha1"]
+    if effective_values(case)["autoscaling"]["enabled"]:
+        assert sorted(d["kind"] for d in keda) == ["ScaledObject", "TriggerAuthentication"]
+    else:
+        assert keda == []
+    for doc in keda:
+        assert _keda_errors(doc) == [], doc["kind"]
+
+
+def test_keda_crd_validation_rejects_a_misspelt_field(rendered_docs: dict[str, Docs]) -> None:
+    _require_keda_schemas()
+    scaled = copy.deepcopy(by_kind(rendered_docs["defaults"], "ScaledObject")[0])
+    scaled["spec"]["coolDownPeriod"] = 30
+    assert any("coolDownPeriod" in e for e in _keda_errors(scaled))
+
+
+def test_servicemonitor_shape(rendered_docs: dict[str, Docs]) -> None:
+    """No Prometheus Operator CRD is available here: check the fields the operator needs."""
+    (monitor,) = by_kind(rendered_docs["production"], "ServiceMonitor")
+    service_labels = {
+        tuple(sorted(s["metadata"]["labels"].items())) for s in by_kind(rendered_docs["production"], "Service")
+    }
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert any(set(selector.items()) <= set(labels) for labels in service_labels)
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_skaffold_config_valid_against_its_schema() -> None:
+    if not SKAFFOLD_SCHEMA.is_file():
+        pytest.skip(f"skaffold schema not found at {SKAFFOLD_SCHEMA} (shared/ missing)")
+    schema = json.loads(SKAFFOLD_SCHEMA.read_text())
+    configs = [d for d in yaml.safe_load_all((REPO_ROOT / "skaffold.yaml").read_text()) if d]
+    assert configs
+    for config in configs:
+        assert config["apiVersion"] == "skaffold/v4beta14"
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(config)]
+        assert errors == []
+    (config,) = configs
+    images = {a["image"] for a in config["build"]["artifacts"]}
+    release = config["deploy"]["helm"]["releases"][0]
+    templated = json.dumps(release["setValueTemplates"])
+    for image in images:
+        key = image.replace("/", "_").replace("-", "_").replace(".", "_").replace(":", "_")
+        assert f"IMAGE_REPO_{key}" in templated and f"IMAGE_TAG_{key}" in templated
+    assert {p["name"] for p in config["profiles"]} >= {"kind", "minikube"}
+
+
+def test_kind_config_pins_a_kubernetes_version_keda_supports() -> None:
+    config = yaml.safe_load((REPO_ROOT / "k8s" / "kind-cluster.yaml").read_text())
+    assert config["kind"] == "Cluster" and config["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    images = {n["image"] for n in config["nodes"]}
+    assert len(images) == 1
+    (image,) = images
+    assert image.startswith("kindest/node:v1.34."), image
+    assert "@sha256:" in image
+
+
+# --- checkov -----------------------------------------------------------------------------------
+CHECKOV = REPO_ROOT / ".tools" / "checkov-venv" / "bin" / "checkov"
+
+
+@pytest.fixture(scope="session")
+def checkov_binary() -> Path:
+    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "fetch_tools.py"), "checkov"],
+                   check=True, timeout=900)
+    return CHECKOV
+
+
+def _run_checkov(checkov: Path, directory: Path) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(checkov), "--directory", str(directory), "--framework", "kubernetes", "--output",
+         "json", "--quiet", "--compact", "--skip-download"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+@pytest.mark.slow
+def test_checkov_passes_on_every_rendered_case(
+    checkov_binary: Path, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    """One checkov run over all cases (it is slow); skips are annotated and documented."""
+    for case_id, text in rendered.items():
+        (tmp_path / f"{case_id}.yaml").write_text(text)
+    summary = _run_checkov(checkov_binary, tmp_path)
+    failed = [
+        f"{c['check_id']} {c['resource']} ({c['file_path']})"
+        for c in summary.get("results", {}).get("failed_checks", [])
+    ]
+    assert failed == []
+    assert summary["summary"]["passed"] > 500
+
+
+@pytest.mark.slow
+def test_checkov_catches_a_container_without_limits(
+    checkov_binary: Path, rendered_docs: dict[str, Docs], tmp_path: Path
+) -> None:
+    docs = copy.deepcopy(rendered_docs["defaults"])
+    deployment = by_kind(docs, "Deployment")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0].pop("resources")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"].pop(
+        "readOnlyRootFilesystem")
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump_all([deployment]))
+    failed = {c["check_id"] for c in _run_checkov(checkov_binary, tmp_path)["results"]["failed_checks"]}
+    assert {"CKV_K8S_11", "CKV_K8S_13", "CKV_K8S_22"} <= failed
+
+
+# --- targeted assertions -------------------------------------------------------------------------
+CheckFn = Callable[[Docs], list[str]]
+CHECKS: list[Any] = [
+    pytest.param(queue_name_problems, id="keda-queue-is-consumer-queue"),
+    pytest.param(replicas_problems, id="no-replicas-under-keda"),
+    pytest.param(plain_credential_problems, id="no-credentials-in-args-or-plain-env"),
+    pytest.param(trigger_auth_problems, id="keda-host-from-secret"),
+    pytest.param(grace_period_problems, id="grace-period-exceeds-batch"),
+    pytest.param(probe_problems, id="probes-on-real-endpoints"),
+]
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_contract_assertions(rendered_docs: dict[str, Docs], case: ValuesCase, check: CheckFn) -> None:
+    assert check(rendered_docs[case.id]) == []
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
+def test_every_secret_reference_resolves(rendered_docs: dict[str, Docs], case: ValuesCase) -> None:
+    values = effective_values(case)
+    assert secret_ref_problems(rendered_docs[case.id], external_secrets(values)) == []
+
+
+def test_autoscaling_off_gives_a_fixed_replica_count(rendered_docs: dict[str, Docs]) -> None:
+    (deployment,) = by_kind(rendered_docs["autoscaling-off"], "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    (deployment,) = by_kind(rendered_docs["defaults"], "Deployment")
+    assert "replicas" not in deployment["spec"]
+
+
+def test_scaledobject_carries_the_values_contract(rendered_docs: dict[str, Docs]) -> None:
+    values = effective_values(CASES[0])["autoscaling"]
+    (scaled,) = by_kind(rendered_docs["defaults"], "ScaledObject")
+    spec = scaled["spec"]
+    for key in ("pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "minReplicaCount",
+                "maxReplicaCount"):
+        assert spec[key] == values[key], key
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == values["behavior"]
+    (trigger,) = spec["triggers"]
+    assert trigger["metadata"]["mode"] == "QueueLength"
+    assert trigger["metadata"]["protocol"] == "http"
+    assert float(trigger["metadata"]["value"]) == values["queueLength"]
+    assert float(trigger["metadata"]["activationValue"]) == values["activationQueueLength"]
+
+
+def test_security_defaults_on_every_pod(rendered_docs: dict[str, Docs]) -> None:
+    for case_id, docs in rendered_docs.items():
+        for doc in docs:
+            if doc["kind"] not in {"Deployment", "StatefulSet", "Job", "Pod"}:
+                continue
+            spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+            where = f"{case_id}: {doc['kind']} {doc['metadata']['name']}"
+            assert spec["automountServiceAccountToken"] is False, where
+            assert spec["securityContext"]["runAsNonRoot"] is True, where
+            assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
+            for container in spec["containers"] + spec.get("initContainers", []):
+                sc = container["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True, where
+                assert sc["allowPrivilegeEscalation"] is False, where
+                assert sc["capabilities"]["drop"] == ["ALL"], where
+                assert "limits" in container["resources"], where
+
+
+def test_network_policies_cover_every_pod(rendered_docs: dict[str, Docs]) -> None:
+    for case_id, docs in rendered_docs.items():
+        selectors = [p["spec"]["podSelector"]["matchLabels"] for p in by_kind(docs, "NetworkPolicy")]
+        for doc in docs:
+            if doc["kind"] not in {"Deployment", "StatefulSet", "Job", "Pod"}:
+                continue
+            labels = (doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"])["labels"]
+            assert any(set(s.items()) <= set(labels.items()) for s in selectors), (
+                f"{case_id}: {doc['kind']} {doc['metadata']['name']} has no NetworkPolicy")
+
+
+def test_broker_secret_survives_upgrades_and_never_uses_guest(rendered_docs: dict[str, Docs]) -> None:
+    docs = rendered_docs["defaults"]
+    secret = next(s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-rabbitmq"))
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (broker,) = by_kind(docs, "StatefulSet")
+    env = {e["name"]: e for e in broker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["RABBITMQ_DEFAULT_USER"]["value"] != "guest"
+    assert "secretKeyRef" in env["RABBITMQ_DEFAULT_PASS"]["valueFrom"]
+
+
+def test_helm_test_hook_runs_the_smoke_test(rendered_docs: dict[str, Docs]) -> None:
+    (pod,) = [p for p in by_kind(rendered_docs["defaults"], "Pod")]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["command"] + container["args"] == ["creditstream", "smoke-test", "--timeout", "60"]
+
+
+def test_producer_job_limits(rendered_docs: dict[str, Docs]) -> None:
+    (job,) = by_kind(rendered_docs["defaults"], "Job")
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 3
+    assert spec["ttlSecondsAfterFinished"] == 3600
+    assert spec["activeDeadlineSeconds"] == 1800
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["produce", "--synthetic"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert float(env["CREDITSTREAM_BROKER_WAIT_S"]) >= 60
+
+
+# --- negative tests: a broken manifest makes the checks fail ---------------------------------
+def _post_render(docs: Docs, mutate: Callable[[Docs], None]) -> Docs:
+    broken = copy.deepcopy(docs)
+    mutate(broken)
+    return broken
+
+
+def _wrong_trigger_queue(docs: Docs) -> None:
+    by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["queueName"] = "creditstream.typo"
+
+
+def _drop_secret_key(docs: Docs) -> None:
+    secret = next(s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-rabbitmq"))
+    del secret["data"]["management-url"]
+
+
+def _replicas_back(docs: Docs) -> None:
+    by_kind(docs, "Deployment")[0]["spec"]["replicas"] = 2
+
+
+def _short_grace(docs: Docs) -> None:
+    by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 5
+
+
+def _probe_on_wrong_path(docs: Docs) -> None:
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"]["httpGet"]["path"] = "/ready"
+
+
+def _host_in_metadata(docs: Docs) -> None:
+    metadata = by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]
+    metadata["host"] = "http://creditstream:s3cretpassword@broker:15672/"
+
+
+NEGATIVE = [
+    pytest.param(_wrong_trigger_queue, queue_name_problems, "watches queue 'creditstream.typo'",
+                 id="wrong-queue-on-trigger"),
+    pytest.param(_drop_secret_key, lambda d: secret_ref_problems(d), "has no key 'management-url'",
+                 id="missing-secret-key"),
+    pytest.param(_replicas_back, replicas_problems, "sets spec.replicas", id="replicas-under-keda"),
+    pytest.param(_short_grace, grace_period_problems, "terminationGracePeriodSeconds 5",
+                 id="grace-below-batch"),
+    pytest.param(_probe_on_wrong_path, probe_problems, "path /ready != /readyz", id="probe-path"),
+    pytest.param(_host_in_metadata, plain_credential_problems, "credential in trigger metadata",
+                 id="password-in-trigger-metadata"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "check", "expected"), NEGATIVE)
+def test_checks_catch_a_broken_manifest(
+    rendered_docs: dict[str, Docs], mutate: Callable[[Docs], None], check: CheckFn, expected: str
+) -> None:
+    assert check(rendered_docs["defaults"]) == []
+    problems = check(_post_render(rendered_docs["defaults"], mutate))
+    print("\n".join(problems))
+    assert any(expected in p for p in problems), problems
+
+
+def test_credential_check_catches_a_password_in_extra_env(helm: Path) -> None:
+    """A broken value: a URL with a password given as plain extraEnv is caught."""
+    out = helm_template(helm, sets=("consumer.extraEnv[0].name=EXTRA_BROKER",
+                                    "consumer.extraEnv[0].value=amqp://app:hunter22@broker:5672/"))
+    problems = plain_credential_problems(parse_docs(out.stdout))
+    assert problems == ["Deployment cs-creditstream-consumer: credential in plain env EXTRA_BROKER"]
+
+
+# --- plain manifests for kubectl users -----------------------------------------------------------
+def test_rendered_manifests_match_the_chart(helm: Path, tmp_path: Path) -> None:
+    """k8s/rendered/ is `make manifests` output; a hand edit or a stale render fails here."""
+    render_manifests.render(helm, tmp_path)
+    expected = {str(p.relative_to(tmp_path)): p.read_text() for p in tmp_path.rglob("*.yaml")}
+    actual = {str(p.relative_to(RENDERED_DIR)): p.read_text() for p in RENDERED_DIR.rglob("*.yaml")}
+    assert expected, "nothing rendered"
+    stale = sorted(set(expected) ^ set(actual)) + sorted(
+        name for name in expected.keys() & actual.keys() if expected[name] != actual[name]
+    )
+    assert stale == [], "k8s/rendered drifted from the chart: run `make manifests`"
+
+
+def test_rendered_manifests_pass_the_contract_checks() -> None:
+    docs = [d for p in sorted(RENDERED_DIR.rglob("*.yaml")) for d in parse_docs(p.read_text())]
+    assert by_kind(docs, "ScaledObject")
+    for check in (queue_name_problems, replicas_problems, plain_credential_problems,
+                  grace_period_problems, probe_problems):
+        assert check(docs) == [], check.__name__
+    assert secret_ref_problems(docs, {"creditstream-broker", "creditstream-database"}) == []
