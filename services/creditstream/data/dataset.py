@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -87,7 +88,10 @@ def _read_raw(path: Path) -> pd.DataFrame:
     try:
         if path.suffix.lower() in _EXCEL_SUFFIXES:
             # NOTE: the official .xls has two header rows: codes (X1..X23, Y), then names.
-            frame = pd.read_excel(path, header=None, dtype=object)
+            with warnings.catch_warnings():
+                # NOTE: pandas 3 deprecates its xlrd engine; xlrd is the pinned .xls reader.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                frame = pd.read_excel(path, header=None, dtype=object, engine="xlrd")
             header_row = next(
                 (i for i in range(min(3, len(frame))) if str(frame.iat[i, 0]).strip() == ID_FIELD),
                 None,
@@ -111,9 +115,17 @@ def _read_raw(path: Path) -> pd.DataFrame:
         raise DatasetError(path, [f"cannot read as {path.suffix or 'CSV'}: {exc}"]) from exc
 
 
+def _show(value: object) -> str:
+    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
+        return f"{float(value):.15g}"
+    return repr(value)
+
+
 def _examples(ids: pd.Series, values: pd.Series, mask: np.ndarray) -> str:
     rows = np.flatnonzero(mask)[:_MAX_EXAMPLES]
-    shown = ", ".join(f"row {row + 1} (ID {ids.iat[row]}): {values.iat[row]!r}" for row in rows)
+    shown = ", ".join(
+        f"row {row + 1} (ID {ids.iat[row]}): {_show(values.iat[row])}" for row in rows
+    )
     return f"e.g. {shown}"
 
 

@@ -79,7 +79,21 @@ def export_onnx(pipeline: Pipeline) -> bytes:
         target_opset=OPSET,
     )
     model.doc_string = "creditstream default risk: raw UCI fields in, P(default) in column 1"
+    # NOTE: skl2onnx collects opset imports in a set, so their order (and the file's sha256,
+    # hence the model version) would change with PYTHONHASHSEED; sort them.
+    imports = sorted((entry.domain, entry.version) for entry in model.opset_import)
+    del model.opset_import[:]
+    for domain, version in imports:
+        model.opset_import.add(domain=domain, version=version)
     return bytes(model.SerializeToString())
+
+
+def onnx_opsets(onnx_bytes: bytes) -> dict[str, int]:
+    """The opset imports actually used by a serialised model, keyed by domain."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes)
+    return {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
 
 
 def onnx_probabilities(onnx_bytes: bytes, X: np.ndarray) -> np.ndarray:
@@ -165,7 +179,7 @@ def run_training(
         "onnx": {
             "file": MODEL_FILE,
             "sha256": onnx_sha256,
-            "opset": OPSET,
+            "opset": onnx_opsets(onnx_bytes),
             "input": {
                 "name": INPUT_NAME,
                 "dtype": "float32",
