@@ -33,7 +33,7 @@ class PendingMessage:
     redelivered: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prediction:
     """The result of scoring one record."""
 
@@ -95,13 +95,8 @@ class MicroBatch:
 
     def features(self) -> np.ndarray:
         """The float32 [n_records, 23] matrix for one ONNX call, in message order."""
-        matrix = np.empty((self.n_records, N_FEATURES), dtype=np.float32)
-        row = 0
-        for message in self.messages:
-            for record in message.records:
-                matrix[row] = record.features
-                row += 1
-        return matrix
+        rows = [record.features for message in self.messages for record in message.records]
+        return np.array(rows, dtype=np.float32).reshape(len(rows), N_FEATURES)
 
     def predictions(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -12,6 +13,15 @@ from creditstream.contract import FEATURE_SPECS, FEATURES, ID_FIELD, ID_MAX_LENG
 JSON_CONTENT_TYPES: Final = frozenset({"application/json", "application/json; charset=utf-8"})
 _EXPECTED_KEYS: Final = frozenset((ID_FIELD, *FEATURES))
 _SPECS: Final = tuple(FEATURE_SPECS[name] for name in FEATURES)
+
+# Fast path: C-level getters and comparisons over all fields at once; any doubt falls back to
+# the field-by-field check, which also words the reason.
+_ALL_VALUES: Final = operator.itemgetter(*FEATURES)
+_INTEGER_VALUES: Final = operator.itemgetter(*(s.name for s in _SPECS if s.integer))
+_LOWER: Final = tuple(s.minimum for s in _SPECS)
+_UPPER: Final = tuple(s.maximum for s in _SPECS)
+_INT_ONLY: Final = frozenset({int})
+_NUMBER_TYPES: Final = frozenset({int, float})
 
 
 class RejectReason:
@@ -33,7 +43,7 @@ class RejectReason:
     DELIVERY_LIMIT = "delivery-limit"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """One record (or a whole body, index None) that failed validation, with the reason."""
 
@@ -43,7 +53,7 @@ class Rejection:
     raw: Any = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ValidRecord:
     """A record that passed validation: its id, its position in the message, its 23 features."""
 
@@ -68,6 +78,26 @@ def _float_constant(token: str) -> float:
 
 def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
     """Check one decoded JSON value against the record contract."""
+    if type(obj) is dict and obj.keys() == _EXPECTED_KEYS:
+        values = _ALL_VALUES(obj)
+        record_id = obj[ID_FIELD]
+        id_type = type(record_id)
+        if (
+            set(map(type, _INTEGER_VALUES(obj))) == _INT_ONLY
+            and set(map(type, values)) <= _NUMBER_TYPES
+            and all(map(operator.le, _LOWER, values))
+            and all(map(operator.le, values, _UPPER))
+            and (
+                (id_type is int and record_id >= 0)
+                or (id_type is str and 0 < len(record_id) <= ID_MAX_LENGTH)
+            )
+        ):
+            return ValidRecord(record_id, index, values)
+    return _validate_slowly(obj, index)
+
+
+def _validate_slowly(obj: Any, index: int) -> ValidRecord | Rejection:
+    """Field-by-field check that names the first problem it finds."""
     if not isinstance(obj, dict):
         return Rejection(
             RejectReason.NOT_OBJECT, f"record is {type(obj).__name__}, not an object", index, obj

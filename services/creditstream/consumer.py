@@ -278,7 +278,7 @@ class Consumer:
         inserted = self._store_with_retry(channel, scored, predictions)
         if inserted is None:
             return  # stopping during a store outage: batch requeued
-        duplicates = len(predictions) - len(inserted)
+        duplicates = len(predictions) - inserted
         if duplicates:
             self.metrics.duplicates.inc(duplicates)
             log.info("%d records of this batch were already stored (redelivery)", duplicates)
@@ -305,7 +305,7 @@ class Consumer:
             if message.sent_at is not None:
                 self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
         self.metrics.records.labels("scored").inc(len(predictions))
-        self.records_stored += len(inserted)
+        self.records_stored += inserted
 
     def _score(
         self, batch: MicroBatch
