@@ -1,0 +1,1 @@
+"""`creditstream demo`: the whole platform on one machine, scaled by the local KEDA rule."""
