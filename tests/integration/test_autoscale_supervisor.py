@@ -1,0 +1,177 @@
+"""The supervisor driven by the local KEDA rule against the real broker and real consumers."""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reader_for
+from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
+from creditstream.autoscale.supervisor import Supervisor
+from creditstream.demo.run import declare_topology, delete_topology
+from creditstream.demo.summary import PredictionsReader
+from creditstream.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    """Settings with a unique exchange/queue set and a SQLite store of the test's own."""
+    import pika
+    import pika.exceptions
+
+    base = Settings()
+    if not base.model_path.is_file() or not base.resolved_model_card_path.is_file():
+        pytest.skip(f"no committed model at {base.model_path} (run `make train`)")
+    try:
+        pika.BlockingConnection(pika.URLParameters(base.amqp_url.get_secret_value())).close()
+    except pika.exceptions.AMQPError as exc:
+        pytest.skip(f"RabbitMQ not reachable: {exc!r}")
+    name = f"creditstream.test.autoscale.{uuid.uuid4().hex[:10]}"
+    from pydantic import SecretStr
+
+    ours = base.model_copy(
+        update={
+            "requests_exchange": f"{name}.requests",
+            "requests_queue": f"{name}.requests",
+            "dead_letter_exchange": f"{name}.dead",
+            "dead_letter_queue": f"{name}.dead",
+            "database_url": SecretStr(f"sqlite:///{tmp_path / 'predictions.sqlite'}"),
+            "database_schema": None,
+            "log_format": "json",
+        }
+    )
+    declare_topology(ours)
+    try:
+        yield ours
+    finally:
+        delete_topology(ours)
+
+
+def publish_backlog(settings: Settings, records: int, run_id: str) -> None:
+    from creditstream.producer import run_producer
+
+    report = run_producer(
+        settings.model_copy(update={"run_id": run_id}),
+        synthetic=True,
+        limit=records,
+        progress=False,
+    )
+    assert report.unconfirmed == 0
+
+
+def store(settings: Settings) -> PredictionsReader:
+    return PredictionsReader(Path(settings.database_url.get_secret_value()[len("sqlite:///") :]))
+
+
+def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
+    settings: Settings, tmp_path: Path
+) -> None:
+    backlog = 3000
+    config = AutoscalingConfig(
+        queue_name=settings.requests_queue,
+        value=500,
+        max_replica_count=4,
+        polling_interval_s=1,
+        cooldown_period_s=3,
+        hpa_sync_period_s=1,
+        scale_down=replace(DEFAULT_SCALE_DOWN, stabilization_window_s=2),
+    )
+    expected_peak = min(config.max_replica_count, math.ceil(backlog / config.value))
+    publish_backlog(settings, backlog, f"scale-{uuid.uuid4().hex[:6]}")
+    reader = depth_reader_for(
+        settings.amqp_url.get_secret_value(),
+        settings.requests_queue,
+        management_url=None,
+        protocol="http",
+    )
+    scaler = KedaHpaAutoscaler(config, created_at=0)
+    results = store(settings)
+    history: list[tuple[float, int, int, int]] = []
+    desired = 0
+    t0 = time.monotonic()
+    with Supervisor(settings, log_dir=tmp_path / "consumers", stop_timeout_s=30) as supervisor:
+        while True:
+            t = time.monotonic() - t0
+            depth = reader.read().messages
+            desired, _ = scaler.step(t, depth, desired)
+            supervisor.scale_to(desired)
+            scored = results.count()
+            history.append((t, depth, desired, supervisor.running))
+            if (
+                scored >= backlog
+                and desired == 0
+                and supervisor.running == 0
+                and supervisor.draining == 0
+            ):
+                break
+            assert t < 180, f"did not settle: last samples {history[-5:]}"
+            time.sleep(0.25)
+        exit_codes = list(supervisor.exit_codes)
+        restarts = supervisor.restarts
+    reader.close()
+
+    peak = max(running for _, _, _, running in history)
+    assert peak == expected_peak, history
+    assert history[-1][3] == 0
+    counts = results.counts()
+    assert counts.rows == counts.distinct_requests == backlog  # none lost, none twice
+    assert exit_codes and set(exit_codes) == {0}  # every consumer drained on SIGTERM
+    assert restarts == 0
+    leftover = PassiveDeclareReader(settings.amqp_url.get_secret_value(), settings.requests_queue)
+    assert leftover.read().ready == 0
+    leftover.close()
+
+
+def test_scale_down_mid_backlog_loses_nothing(settings: Settings, tmp_path: Path) -> None:
+    backlog = 6000
+    publish_backlog(settings, backlog, f"down-{uuid.uuid4().hex[:6]}")
+    results = store(settings)
+    with Supervisor(settings, log_dir=tmp_path / "consumers", stop_timeout_s=30) as supervisor:
+        supervisor.scale_to(3)
+        deadline = time.monotonic() + 60
+        while results.count() < 300:
+            assert time.monotonic() < deadline, "consumers scored nothing"
+            supervisor.reconcile()
+            time.sleep(0.05)
+        scored_at_scale_down = results.count()
+        supervisor.scale_to(1)  # two consumers get SIGTERM with deliveries in hand
+        while results.count() < backlog:
+            assert time.monotonic() < deadline + 60, f"stuck at {results.count()}"
+            supervisor.reconcile()
+            time.sleep(0.1)
+        supervisor.scale_to(0)
+        while supervisor.draining:
+            supervisor.reconcile()
+            time.sleep(0.1)
+        exit_codes = list(supervisor.exit_codes)
+    assert scored_at_scale_down < backlog, "backlog drained before the scale-down: test is moot"
+    counts = results.counts()
+    assert counts.rows == counts.distinct_requests == backlog
+    assert exit_codes == [0, 0, 0]
+
+
+def test_crashed_consumer_is_restarted(settings: Settings, tmp_path: Path) -> None:
+    with Supervisor(
+        settings, log_dir=tmp_path / "consumers", restart_backoff_s=0.2, stop_timeout_s=30
+    ) as supervisor:
+        supervisor.scale_to(1)
+        first = supervisor.processes[0]
+        time.sleep(1.0)
+        first.popen.send_signal(signal.SIGKILL)
+        first.popen.wait(10)
+        deadline = time.monotonic() + 10
+        while supervisor.restarts == 0 or supervisor.running < 1:
+            assert time.monotonic() < deadline, "crashed consumer was not restarted"
+            supervisor.reconcile()
+            time.sleep(0.1)
+        assert supervisor.processes[0].pid != first.pid
+        assert -signal.SIGKILL in supervisor.exit_codes
