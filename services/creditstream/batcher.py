@@ -69,10 +69,10 @@ class MicroBatch:
     n_records: int = 0
     opened_at: float | None = None
 
-    def add(self, message: PendingMessage) -> None:
-        """Append one message (its records count towards the batch size)."""
+    def add(self, message: PendingMessage, now: float) -> None:
+        """Append one message (its records count towards the batch size); `now` is monotonic."""
         if self.opened_at is None:
-            self.opened_at = message.received_at
+            self.opened_at = now
         self.messages.append(message)
         self.n_records += len(message.records)
 

@@ -7,6 +7,7 @@ RabbitMQ's direct reply-to pseudo-queue (no queue per caller to declare or clean
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -105,10 +106,8 @@ class PredictionClient:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._connection is not None and self._connection.is_open:
-            try:
+            with contextlib.suppress(*BROKER_DOWN_ERRORS):
                 self._connection.close()
-            except BROKER_DOWN_ERRORS:
-                pass
         self._fail_all(PredictionError("client closed"))
 
     # --- I/O thread -----------------------------------------------------------------------

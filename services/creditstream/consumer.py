@@ -223,7 +223,7 @@ class Consumer:
             redelivered=bool(method.redelivered),
         )
         if message.records:
-            batch.add(message)
+            batch.add(message, time.monotonic())
             return
         # Nothing to score: every record was dead-lettered (and confirmed) already.
         if message.reply_to:
@@ -334,7 +334,7 @@ class Consumer:
         scored, failed = [], []
         for message in batch.messages:
             single = MicroBatch(batch.max_records)
-            single.add(message)
+            single.add(message, 0.0)
             try:
                 probabilities = self.scorer.predict_default_probability(single.features())
                 (predictions,) = single.predictions(
