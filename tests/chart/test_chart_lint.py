@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CASE_PARAMS, CHART, REPO_ROOT, ValuesCase, helm_template
+
+from conftest import CASE_PARAMS, CHART, ValuesCase, helm_template
 
 pytestmark = [pytest.mark.chart, pytest.mark.timeout(300)]
 

@@ -26,6 +26,7 @@ from chart_checks import (
     secret_ref_problems,
     trigger_auth_problems,
 )
+
 from conftest import (
     CASE_PARAMS,
     CASES,
@@ -195,7 +196,6 @@ def _run_checkov(checkov: Path, directory: Path) -> dict[str, Any]:
     return report[0] if isinstance(report, list) else report
 
 
-@pytest.mark.slow
 def test_checkov_passes_on_every_rendered_case(
     checkov_binary: Path, rendered: dict[str, str], tmp_path: Path
 ) -> None:
@@ -211,7 +211,6 @@ def test_checkov_passes_on_every_rendered_case(
     assert summary["summary"]["passed"] > 500
 
 
-@pytest.mark.slow
 def test_checkov_catches_a_container_without_limits(
     checkov_binary: Path, rendered_docs: dict[str, Docs], tmp_path: Path
 ) -> None:

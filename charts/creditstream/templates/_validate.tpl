@@ -40,9 +40,6 @@ Cross-field rules that values.schema.json cannot express. Each message says how 
 {{- if and $v.producer.enabled (eq $v.producer.source "pvc") (not $v.producer.pvc.claimName) -}}
 {{- $messages = append $messages "producer.source=pvc needs producer.pvc.claimName (a PVC holding the data set)." -}}
 {{- end -}}
-{{- if and $v.producer.enabled (eq $v.producer.source "url") (not $v.producer.url.href) -}}
-{{- $messages = append $messages "producer.source=url needs producer.url.href (an http(s) URL of the CSV or .xls)." -}}
-{{- end -}}
 {{- if $messages -}}
 {{- fail (printf "\n\nVALUES VALIDATION:\n  - %s" (join "\n  - " $messages)) -}}
 {{- end -}}

@@ -1,0 +1,236 @@
+"""Chart-to-process contract: run the rendered pods' command + args + env as local processes.
+
+The consumer Deployment, the producer Job and the `helm test` Pod are rendered with the chart's
+in-release PostgreSQL; their Secrets' URLs are kept but pointed at this machine's services:
+service hostnames -> 127.0.0.1, credentials -> guest/guest (broker, in a vhost of its own) and
+postgres (trust auth, in a database of its own). Image paths (the baked-in model) map to the
+repository files the Dockerfiles COPY. Records must flow end to end into the predictions table.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+import requests
+from chart_checks import by_kind, containers, resolve_env, secret_data
+
+from conftest import CHART, REPO_ROOT, helm_template, parse_docs
+
+pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.timeout(300)]
+
+RECORDS = 300
+RECORDS_PER_MESSAGE = 10
+LOCAL_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
+Docs = list[dict[str, Any]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _services_up() -> str | None:
+    for port, name in ((5672, "RabbitMQ"), (15672, "RabbitMQ management"), (5432, "PostgreSQL")):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return f"{name} not reachable on 127.0.0.1:{port}"
+    for tool in ("rabbitmqctl", "createdb", "dropdb"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    return None
+
+
+@pytest.fixture(scope="module")
+def isolation() -> Iterator[dict[str, str]]:
+    """Its own RabbitMQ vhost and PostgreSQL database, removed afterwards."""
+    reason = _services_up()
+    if reason:
+        pytest.skip(reason)
+    suffix = uuid.uuid4().hex[:10]
+    vhost, database = f"cs-chart-{suffix}", f"cs_chart_{suffix}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
+    try:
+        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*",
+                        ".*"], check=True, timeout=60)
+        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True,
+                       timeout=60)
+        try:
+            yield {"vhost": vhost, "database": database}
+        finally:
+            subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--force", database],
+                           timeout=60)
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def docs(helm_binaries: dict[str, Path], http_port: int) -> Docs:
+    """The install as a user would render it, with a small producer run and a free HTTP port."""
+    out = helm_template(
+        helm_binaries["3"],
+        (CHART / "ci" / "postgresql-values.yaml",),
+        sets=(f"producer.limit={RECORDS}", f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
+              "producer.rate=0", f"consumer.httpPort={http_port}", "logFormat=json"),
+    )
+    return parse_docs(out.stdout)
+
+
+def image_paths(dockerfile: Path) -> dict[str, Path]:
+    """{path inside the image: repository file} from the runtime stage's plain COPY lines."""
+    mapping: dict[str, Path] = {}
+    for line in dockerfile.read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            *sources, dest = shlex.split(line)[1:]
+            for source in sources:
+                if dest.endswith("/"):
+                    mapping[dest + Path(source).name] = REPO_ROOT / source
+    return mapping
+
+
+def _local_url(url: str, services: set[str], isolation: dict[str, str]) -> str:
+    """The rendered URL pointed at this machine: host, credentials and vhost/db swapped."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    assert host.split(".")[0] in services, f"{url!r} names no rendered Service"
+    if parts.scheme.startswith("postgresql"):
+        return LOCAL_DB_URL.format(db=isolation["database"])
+    netloc = f"guest:guest@127.0.0.1:{parts.port}"
+    if parts.scheme.startswith("amqp"):
+        return urlunsplit((parts.scheme, netloc, "/" + quote(isolation["vhost"], safe=""), "", ""))
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))  # management API base URL
+
+
+def process_env(
+    docs: Docs, workload: dict[str, Any], dockerfile: Path, isolation: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of the workload's main container, mapped to this machine."""
+    (container,) = list(containers(workload, init=False))
+    secrets = secret_data(docs)
+    services = {s["metadata"]["name"] for s in by_kind(docs, "Service")}
+    paths = image_paths(dockerfile)
+    env = {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+    }
+    for name, value in resolve_env(docs, container).items():
+        if isinstance(value, tuple):
+            secret, key = value
+            assert key in secrets[secret], f"{name}: Secret {secret} has no key {key}"
+            value = _local_url(secrets[secret][key], services, isolation)
+        env[name] = paths.get(value, value) if isinstance(value, str) else value
+        if isinstance(env[name], Path):
+            env[name] = str(env[name])
+    # NOTE: a vhost of our own: the queue names stay the chart's, so they are checked too.
+    argv = [*container["command"], *container.get("args", [])]
+    return argv, env
+
+
+def _wait_http(url: str, timeout: float) -> requests.Response:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200:
+                return response
+        except requests.RequestException as exc:
+            last = exc
+        time.sleep(0.3)
+    raise AssertionError(f"{url} not 200 within {timeout} s ({last})")
+
+
+def _count_rows(database: str) -> int:
+    out = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAc",
+         "SELECT count(*) FROM predictions"],
+        capture_output=True, text=True, timeout=30,
+    )
+    return int(out.stdout.strip()) if out.returncode == 0 else -1
+
+
+def test_rendered_pods_run_end_to_end(
+    docs: Docs, isolation: dict[str, str], http_port: int, tmp_path: Path
+) -> None:
+    (deployment,) = by_kind(docs, "Deployment")
+    (job,) = by_kind(docs, "Job")
+    (test_pod,) = by_kind(docs, "Pod")
+    consumer_argv, consumer_env = process_env(
+        docs, deployment, REPO_ROOT / "services" / "consumer" / "Dockerfile", isolation)
+    producer_argv, producer_env = process_env(
+        docs, job, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation)
+    smoke_argv, smoke_env = process_env(
+        docs, test_pod, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation)
+    assert Path(consumer_env["CREDITSTREAM_MODEL_PATH"]).is_file(), "model path not in the image"
+
+    log = (tmp_path / "consumer.log").open("w")
+    consumer = subprocess.Popen(consumer_argv, env=consumer_env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        base = f"http://127.0.0.1:{http_port}"
+        _wait_http(base + container["readinessProbe"]["httpGet"]["path"], timeout=60)
+        _wait_http(base + container["livenessProbe"]["httpGet"]["path"], timeout=5)
+
+        producer = subprocess.run(producer_argv, env=producer_env, capture_output=True, text=True,
+                                  timeout=180, cwd=tmp_path)
+        assert producer.returncode == 0, producer.stdout + producer.stderr
+
+        deadline = time.monotonic() + 90
+        while _count_rows(isolation["database"]) < RECORDS and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _count_rows(isolation["database"]) == RECORDS
+
+        # KEDA's view: the management URL from the Secret + the trigger's queueName and vhost.
+        (scaled,) = by_kind(docs, "ScaledObject")
+        trigger = scaled["spec"]["triggers"][0]["metadata"]
+        management = consumer_env["CREDITSTREAM_MANAGEMENT_URL"]
+        queue_url = (f"{management}/api/queues/{quote(isolation['vhost'], safe='')}/"
+                     f"{quote(trigger['queueName'], safe='')}")
+        deadline = time.monotonic() + 20
+        while True:  # NOTE: the management API fills in queue stats a few seconds late
+            queue = requests.get(queue_url, timeout=10)
+            assert queue.status_code == 200, queue.text
+            if "consumers" in queue.json() or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert (queue.json()["vhost"], queue.json()["name"]) == (isolation["vhost"],
+                                                                 trigger["queueName"])
+        assert queue.json().get("consumers", 0) >= 1
+
+        metrics = _wait_http(base + "/metrics", timeout=5).text
+        assert "creditstream" in metrics
+
+        smoke = subprocess.run(smoke_argv, env=smoke_env, capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path)
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        try:
+            code = consumer.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
+            code = consumer.wait()
+        log.close()
+    assert code == 0, (tmp_path / "consumer.log").read_text()[-3000:]
