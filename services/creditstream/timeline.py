@@ -181,7 +181,7 @@ def plot_timeline(
     ax_rate.set_ylabel("records / s")
     ax_rate.set_ylim(bottom=0)
     handles = ax_depth.get_legend_handles_labels()[0] + ax_rate.get_legend_handles_labels()[0]
-    ax_depth.legend(handles=handles, loc="upper right", fontsize=8)
+    ax_depth.legend(handles=handles, loc="upper center", fontsize=8)
 
     ax_replicas.step(
         t,

@@ -1,0 +1,82 @@
+"""Histogram maths of the demo's latency figures (PromQL histogram_quantile semantics)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from creditstream.demo.latency import (
+    Histogram,
+    HistogramAggregator,
+    counter_from_text,
+    histogram_from_text,
+)
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
+
+EXPOSITION = """# HELP creditstream_end_to_end_seconds Producer publish to durable result.
+# TYPE creditstream_end_to_end_seconds histogram
+creditstream_end_to_end_seconds_bucket{le="0.1"} 10.0
+creditstream_end_to_end_seconds_bucket{le="1.0"} 90.0
+creditstream_end_to_end_seconds_bucket{le="10.0"} 100.0
+creditstream_end_to_end_seconds_bucket{le="+Inf"} 100.0
+creditstream_end_to_end_seconds_count 100.0
+creditstream_end_to_end_seconds_sum 42.5
+creditstream_records_total{outcome="scored"} 250.0
+creditstream_records_total{outcome="rejected"} 3.0
+"""
+
+
+def test_parse_histogram_from_exposition() -> None:
+    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    assert h.buckets == ((0.1, 10.0), (1.0, 90.0), (10.0, 100.0), (math.inf, 100.0))
+    assert (h.count, h.total) == (100.0, 42.5)
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        pytest.param(0.05, 0.05, id="inside-first-bucket-from-zero"),
+        pytest.param(0.5, 0.1 + 0.9 * 40 / 80, id="linear-in-second-bucket"),
+        pytest.param(0.9, 1.0, id="bucket-edge"),
+        pytest.param(0.99, 1.0 + 9.0 * 9 / 10, id="third-bucket"),
+    ],
+)
+def test_quantile_interpolates_like_histogram_quantile(q: float, expected: float) -> None:
+    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    assert h.quantile(q) == pytest.approx(expected)
+
+
+def test_quantile_in_inf_bucket_returns_last_finite_bound() -> None:
+    h = Histogram(((1.0, 1.0), (math.inf, 10.0)), 0.0, 10.0)
+    assert h.quantile(0.99) == 1.0
+
+
+def test_empty_histogram_has_no_quantile() -> None:
+    assert Histogram.empty().quantile(0.5) is None
+    assert histogram_from_text("", "x").quantile(0.5) is None
+
+
+def test_aggregator_keeps_exited_processes_and_windows_subtract() -> None:
+    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    agg = HistogramAggregator()
+    agg.update(0, h)
+    agg.update(1, h)
+    before = agg.total()
+    agg.update(1, h + h)  # process 1 observed 100 more; process 0 exited (no new scrape)
+    window = agg.total() - before
+    assert agg.total().count == 300.0
+    assert window.count == 100.0 and window.quantile(0.5) == pytest.approx(h.quantile(0.5))
+
+
+def test_adding_mismatched_buckets_fails() -> None:
+    a = Histogram(((1.0, 1.0), (math.inf, 1.0)), 1.0, 1.0)
+    b = Histogram(((2.0, 1.0), (math.inf, 1.0)), 1.0, 1.0)
+    with pytest.raises(ValueError, match="different buckets"):
+        _ = a + b
+
+
+def test_counter_with_label_match() -> None:
+    assert counter_from_text(EXPOSITION, "creditstream_records_total", outcome="scored") == 250.0
+    assert counter_from_text(EXPOSITION, "creditstream_records_total") == 253.0

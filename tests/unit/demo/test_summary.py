@@ -1,0 +1,129 @@
+"""AUC, store reading and the demo's configuration layering."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from creditstream.autoscale.supervisor import settings_env
+from creditstream.demo.run import DEMO_OVERRIDES, choose_data, demo_settings, load_autoscaling
+from creditstream.demo.summary import (
+    PredictionsReader,
+    auc_against_labels,
+    roc_auc,
+    sqlite_path,
+)
+from creditstream.settings import Settings
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "scores", "expected"),
+    [
+        pytest.param([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0, id="perfect"),
+        pytest.param([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0, id="inverted"),
+        pytest.param([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5, id="all-ties"),
+        pytest.param([0, 1, 1, 0, 1], [0.1, 0.4, 0.35, 0.8, 0.9], 4 / 6, id="mixed"),
+    ],
+)
+def test_roc_auc(labels: list[int], scores: list[float], expected: float) -> None:
+    assert roc_auc(labels, scores) == pytest.approx(expected)
+
+
+def test_roc_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 300)
+    s = np.round(rng.random(300) + 0.3 * y, 2)  # rounding makes ties
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert roc_auc(y, s) == pytest.approx(pairwise / (len(pos) * len(neg)))
+
+
+def test_auc_against_labels_uses_common_records_only() -> None:
+    probabilities = {"1": 0.9, "2": 0.1, "3": 0.8, "99": 0.5}
+    labels = {"1": 1, "2": 0, "3": 0, "4": 1}
+    assert auc_against_labels(probabilities, labels) == (1.0, 3)  # 0.9 beats 0.1 and 0.8
+    assert auc_against_labels({"1": 0.3}, {"1": 1}) is None
+
+
+def test_reader_counts_rows_and_latency(tmp_path: Path) -> None:
+    path = tmp_path / "p.sqlite"
+    reader = PredictionsReader(path)
+    assert reader.count() == 0  # no file yet
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE predictions (request_id TEXT PRIMARY KEY, record_id TEXT, "
+        "probability REAL, received_at TEXT, scored_at TEXT, stored_at TEXT)"
+    )
+    db.executemany(
+        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (
+                "a-1",
+                "1",
+                0.2,
+                "2026-11-28 02:09:22.100000",
+                "2026-11-28 02:09:22.150000",
+                "2026-11-28 02:09:22",
+            ),
+            (
+                "b-1",
+                "1",
+                0.2,
+                "2026-11-28 02:09:23.000000",
+                "2026-11-28 02:09:23.010000",
+                "2026-11-28 02:09:23",
+            ),
+        ],
+    )
+    db.commit()
+    counts = reader.counts()
+    assert (counts.rows, counts.distinct_requests, counts.distinct_records) == (2, 2, 1)
+    assert sorted(np.round(reader.processing_latencies_ms(), 3)) == [10.0, 50.0]
+    reader.close()
+    db.close()
+
+
+def test_sqlite_path_rejects_other_databases() -> None:
+    assert sqlite_path("sqlite:////tmp/x.db") == Path("/tmp/x.db")
+    with pytest.raises(ValueError, match="SQLite"):
+        sqlite_path("postgresql+psycopg://u@h/db")
+
+
+def test_demo_settings_isolate_the_run(tmp_path: Path) -> None:
+    settings = demo_settings(Settings(), "20261128-000000", tmp_path)
+    assert settings.requests_queue == "creditstream.demo.20261128-000000.requests"
+    assert settings.dead_letter_queue == "creditstream.demo.20261128-000000.dead"
+    assert settings.requests_exchange != Settings().requests_exchange
+    env = settings_env(settings)
+    assert env["CREDITSTREAM_REQUESTS_QUEUE"] == settings.requests_queue
+    assert env["CREDITSTREAM_DATABASE_URL"] == f"sqlite:///{tmp_path / 'predictions.sqlite'}"
+    assert env["CREDITSTREAM_AMQP_URL"].startswith("amqp://")  # secret revealed to the child
+
+
+def test_autoscaling_is_chart_values_plus_printed_overrides() -> None:
+    config, lines = load_autoscaling([{"autoscaling": {"maxReplicaCount": 3}}], "q.demo")
+    assert config.cooldown_period_s == DEMO_OVERRIDES["autoscaling"]["cooldownPeriod"]
+    assert config.max_replica_count == 3
+    assert config.queue_name == "q.demo"
+    assert "autoscaling.cooldownPeriod=20" in lines
+    assert "autoscaling.maxReplicaCount=3" in lines
+
+
+def test_choose_data_says_synthetic_when_nothing_is_available(tmp_path: Path) -> None:
+    settings = Settings(data_path=tmp_path / "missing.csv", cache_dir=tmp_path / "cache")
+    choice = choose_data(settings, allow_download=False)
+    assert choice.kind == "synthetic" and choice.path is None
+    assert "SYNTHETIC" in choice.note
+
+
+def test_choose_data_prefers_the_real_file() -> None:
+    settings = Settings()
+    if not settings.data_path.is_file():
+        pytest.skip(f"data set not found at {settings.data_path}")
+    choice = choose_data(settings, allow_download=False)
+    assert (choice.kind, choice.path) == ("data set", settings.data_path)
