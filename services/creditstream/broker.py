@@ -56,7 +56,7 @@ def connect(
     budget = settings.broker_wait_s if wait_s is None else wait_s
     retrying = Retrying(
         retry=retry_if_exception_type(BROKER_DOWN_ERRORS),
-        wait=wait_exponential_jitter(initial=0.2, max=settings.reconnect_max_s),
+        wait=wait_exponential_jitter(multiplier=0.2, max=settings.reconnect_max_s),
         stop=stop_after_delay(budget),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
