@@ -38,7 +38,12 @@ def connection_parameters(settings: Settings, *, name: str) -> pika.URLParameter
     params = pika.URLParameters(settings.amqp_url.get_secret_value())
     params.heartbeat = settings.heartbeat_s
     params.blocked_connection_timeout = 300
-    params.client_properties = {"connection_name": name, "product": "creditstream"}
+    # NOTE: the queue name in the connection name lets operators (and fault tests) find and
+    # close exactly one deployment's connections in `rabbitmqctl list_connections`.
+    params.client_properties = {
+        "connection_name": f"{name}:{settings.requests_queue}",
+        "product": "creditstream",
+    }
     if params.ssl_options is not None or settings.amqp_url.get_secret_value().startswith("amqps"):
         context = ssl.create_default_context(cafile=settings.tls_ca_file)
         params.ssl_options = pika.SSLOptions(context, params.host)
