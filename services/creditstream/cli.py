@@ -303,24 +303,44 @@ def train(
 def demo(
     first_burst: Annotated[int, typer.Option(help="Records in the first burst.", min=1)] = 15_000,
     pause: Annotated[float, typer.Option(help="Seconds between the bursts.", min=0)] = 45.0,
-    second_burst: Annotated[int, typer.Option(
-        help="Records in the second burst (0: none).", min=0)] = 15_000,
-    rate: Annotated[float | None, typer.Option(
-        help="Producer records/s (default: as fast as confirms allow).", min=0.001)] = None,
-    max_duration: Annotated[float, typer.Option(
-        "--max-duration", help="Stop after this many seconds even if not settled.", min=10)
+    second_burst: Annotated[
+        int, typer.Option(help="Records in the second burst (0: none).", min=0)
+    ] = 15_000,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Producer records/s (default: as fast as confirms allow).", min=0.001),
+    ] = None,
+    max_duration: Annotated[
+        float,
+        typer.Option(
+            "--max-duration", help="Stop after this many seconds even if not settled.", min=10
+        ),
     ] = 270.0,
-    set_values: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a chart value for the local rule, e.g. "
-        "autoscaling.maxReplicaCount=4 (repeatable).")] = None,
-    runs_dir: Annotated[Path | None, typer.Option(
-        "--runs-dir", help="Parent of the run folder (default: runs/).")] = None,
-    download: Annotated[bool, typer.Option(
-        "--download/--no-download", help="Download the UCI data when it is not present.")
+    set_values: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a chart value for the local rule, e.g. "
+            "autoscaling.maxReplicaCount=4 (repeatable).",
+        ),
+    ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option("--runs-dir", help="Parent of the run folder (default: runs/).")
+    ] = None,
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download/--no-download", help="Download the UCI data when it is not present."
+        ),
     ] = True,
-    dashboard: Annotated[bool | None, typer.Option(
-        "--dashboard/--no-dashboard", help="Live dashboard (default: on a terminal).",
-        show_default=False)] = None,
+    dashboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--dashboard/--no-dashboard",
+            help="Live dashboard (default: on a terminal).",
+            show_default=False,
+        ),
+    ] = None,
     amqp_url: AmqpUrlOption = None,
 ) -> None:
     """Run the platform on this machine, scaled by the local KEDA rule, and write a run folder."""
@@ -333,8 +353,9 @@ def demo(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(
-        profile=LoadProfile(first_burst=first_burst, pause_s=pause, second_burst=second_burst,
-                            rate=rate),
+        profile=LoadProfile(
+            first_burst=first_burst, pause_s=pause, second_burst=second_burst, rate=rate
+        ),
         max_duration_s=max_duration,
         set_overrides=overrides,
         allow_download=download,
@@ -349,24 +370,44 @@ def demo(
 def observe(
     release: Annotated[str, typer.Option(help="Helm release name.")] = "creditstream",
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "default",
-    deployment: Annotated[str | None, typer.Option(
-        help="Consumer Deployment (default: found by the chart's labels).",
-        show_default=False)] = None,
-    context: Annotated[str | None, typer.Option(
-        help="kubeconfig context (default: current).", show_default=False)] = None,
-    management_url: Annotated[str | None, typer.Option(
-        "--management-url", help="RabbitMQ management API, e.g. through `kubectl port-forward "
-        "svc/creditstream-rabbitmq 15672`: http://user:pass@localhost:15672/ (default: "
-        "CREDITSTREAM_MANAGEMENT_URL; without it the HPA's metric is shown).",
-        show_default=False)] = None,
-    queue: Annotated[str | None, typer.Option(
-        help="Queue to read (default: CREDITSTREAM_REQUESTS_QUEUE).", show_default=False)] = None,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            help="Consumer Deployment (default: found by the chart's labels).", show_default=False
+        ),
+    ] = None,
+    context: Annotated[
+        str | None, typer.Option(help="kubeconfig context (default: current).", show_default=False)
+    ] = None,
+    management_url: Annotated[
+        str | None,
+        typer.Option(
+            "--management-url",
+            help="RabbitMQ management API, e.g. through `kubectl port-forward "
+            "svc/creditstream-rabbitmq 15672`: http://user:pass@localhost:15672/ (default: "
+            "CREDITSTREAM_MANAGEMENT_URL; without it the HPA's metric is shown).",
+            show_default=False,
+        ),
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            help="Queue to read (default: CREDITSTREAM_REQUESTS_QUEUE).", show_default=False
+        ),
+    ] = None,
     interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.2)] = 2.0,
-    duration: Annotated[float | None, typer.Option(
-        help="Stop after SECONDS (default: until Ctrl-C).", min=1, show_default=False)] = None,
-    out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", help="Where timeline.csv/png go (default: runs/observe-<time>/).",
-        show_default=False)] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option(help="Stop after SECONDS (default: until Ctrl-C).", min=1, show_default=False),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            help="Where timeline.csv/png go (default: runs/observe-<time>/).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Follow a cluster release: Deployment, HPA, ScaledObject and queue depth, like `get -w`."""
     import sys
@@ -379,8 +420,9 @@ def observe(
     settings = build_settings(management_url=management_url, requests_queue=queue)
     reader = None
     if settings.management_url is not None:
-        reader = ManagementApiReader(settings.management_url.get_secret_value(),
-                                     settings.requests_queue)
+        reader = ManagementApiReader(
+            settings.management_url.get_secret_value(), settings.requests_queue
+        )
 
     def read_depth() -> Any:
         if reader is None:
@@ -391,10 +433,19 @@ def observe(
             return None
 
     target = out_dir or REPO_ROOT / "runs" / f"observe-{datetime.now():%Y%m%d-%H%M%S}"
-    raise typer.Exit(code=run_observe(
-        namespace=namespace, release=release, out_dir=target, read_depth=read_depth,
-        deployment=deployment, context=context, interval_s=interval, duration_s=duration,
-        stream=sys.stdout))
+    raise typer.Exit(
+        code=run_observe(
+            namespace=namespace,
+            release=release,
+            out_dir=target,
+            read_depth=read_depth,
+            deployment=deployment,
+            context=context,
+            interval_s=interval,
+            duration_s=duration,
+            stream=sys.stdout,
+        )
+    )
 
 
 def main() -> None:
