@@ -59,8 +59,8 @@ REJECTED = [
         ("rabbitmq.image.tag=4.1.4",), "use a -management tag", id="broker-without-management"
     ),
     pytest.param(("producer.source=pvc",), "needs producer.pvc.claimName", id="pvc-without-claim"),
-    pytest.param(("autoscaling.protocol=https",), "autoscaling.protocol", id="schema-protocol-enum"),
-    pytest.param(("consumer.queueName=",), "consumer.queueName", id="schema-empty-queue-name"),
+    pytest.param(("autoscaling.protocol=https",), "protocol", id="schema-protocol-enum"),
+    pytest.param(("consumer.queueName=",), "queueName", id="schema-empty-queue-name"),
     pytest.param(("rabbitmq.auth.secretKeys.amqpUrl=",), "amqpUrl", id="schema-empty-secret-key"),
     pytest.param(("consumer.unknownKnob=1",), "unknownKnob", id="schema-unknown-key"),
 ]

@@ -49,6 +49,7 @@ CRD_FILES = {
     "TriggerAuthentication": "keda.sh_triggerauthentications.yaml",
 }
 RENDERED_DIR = REPO_ROOT / "k8s" / "rendered"
+Docs = list[dict[str, Any]]
 
 
 # --- schemas -----------------------------------------------------------------------------------
