@@ -40,7 +40,6 @@ class RejectReason:
     NOT_FINITE = "not-finite"
     RANGE = "out-of-range"
     BAD_ID = "bad-id"
-    DELIVERY_LIMIT = "delivery-limit"
 
 
 @dataclass(frozen=True, slots=True)
