@@ -60,9 +60,10 @@ class Settings(BaseSettings):
         "creditstream.predictions", description="Exchange every scored batch is published to."
     )
     delivery_limit: int = Field(
-        5,
+        20,
         ge=1,
-        description="Quorum-queue x-delivery-limit: redeliveries before a message is dead-lettered.",
+        description="Quorum-queue x-delivery-limit: deliveries returned (nack, consumer crash) "
+        "before the broker dead-letters a message. Changing it on an existing queue needs a policy.",
     )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
