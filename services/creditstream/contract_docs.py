@@ -41,7 +41,9 @@ def settings_reference() -> str:
         elif field.default is None:
             default = "unset"
         else:
-            default = f"`{getattr(field.default, 'get_secret_value', lambda: field.default)()}`"
+            value = field.default
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            default = f"`{value}`"
         description = (field.description or "").replace("|", "\\|")
         lines.append(f"| `CREDITSTREAM_{name.upper()}` | {default} | {description} |")
     return "\n".join(lines) + "\n"

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
         20,
         ge=1,
         description="Quorum-queue x-delivery-limit: deliveries returned (nack, consumer crash) "
-        "before the broker dead-letters a message. Changing it on an existing queue needs a policy.",
+        "before the broker dead-letters a message. Changing it on an existing queue needs a "
+        "policy.",
     )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
