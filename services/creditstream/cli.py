@@ -103,16 +103,35 @@ def produce(
         raise typer.BadParameter("--rate and --interval exclude each other")
     settings = build_settings(amqp_url=amqp_url, data_path=data, run_id=run_id)
     _setup_logging(settings, "producer")
-    report = run_producer(
-        settings,
-        synthetic=synthetic,
-        limit=limit,
-        rate=rate,
-        interval=interval,
-        records_per_message=records_per_message,
-        repeat=repeat,
-        progress=progress,
-    )
+    from creditstream.broker import BROKER_DOWN_ERRORS
+    from creditstream.data.dataset import DatasetError
+    from creditstream.data.source import DataSourceError
+    from creditstream.logs import redact
+    from creditstream.model_card import ModelCardError
+    from creditstream.topology import TopologyMismatchError
+
+    try:
+        report = run_producer(
+            settings,
+            synthetic=synthetic,
+            limit=limit,
+            rate=rate,
+            interval=interval,
+            records_per_message=records_per_message,
+            repeat=repeat,
+            progress=progress,
+        )
+    except (DatasetError, DataSourceError, ModelCardError, TopologyMismatchError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    except BROKER_DOWN_ERRORS as exc:
+        url = redact(settings.amqp_url.get_secret_value())
+        typer.echo(
+            f"error: RabbitMQ unreachable at {url} after {settings.broker_wait_s:g}s "
+            f"({exc.__class__.__name__}); nothing was sent",
+            err=True,
+        )
+        raise typer.Exit(code=1) from exc
     typer.echo(report.summary_line())
     if report.unconfirmed:
         raise typer.Exit(code=1)

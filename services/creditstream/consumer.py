@@ -35,6 +35,7 @@ from creditstream.topology import (
     REASON_HEADER,
     SOURCE_HEADER,
     Topology,
+    TopologyMismatchError,
 )
 
 if TYPE_CHECKING:
@@ -110,6 +111,9 @@ class Consumer:
             first, delay, attempts = False, 0.2, 0
             try:
                 finished = self._serve(connection)
+            except TopologyMismatchError as exc:
+                log.error("%s", exc)
+                return 2
             except _BrokerLost as exc:
                 log.warning("lost the broker connection: %s", exc)
                 finished = False

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import pika.exceptions
+
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
 
@@ -15,6 +17,11 @@ REASON_HEADER: Final = "x-creditstream-reason"
 DETAIL_HEADER: Final = "x-creditstream-detail"
 INDEX_HEADER: Final = "x-creditstream-record-index"
 SOURCE_HEADER: Final = "x-creditstream-source-message-id"
+PRECONDITION_FAILED: Final = 406
+
+
+class TopologyMismatchError(RuntimeError):
+    """The broker already has an exchange or queue of that name with other arguments."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,20 @@ class Topology:
 
     def declare(self, channel: BlockingChannel) -> None:
         """Declare every exchange, queue and binding; safe to repeat (same arguments)."""
+        try:
+            self._declare(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            raise TopologyMismatchError(
+                f"{exc.reply_text}. An exchange or queue already exists with other settings "
+                f"(e.g. {self.requests_queue!r} with another x-delivery-limit or queue type). "
+                "Queue arguments cannot change in place: drain and delete the queue "
+                "(rabbitmqctl delete_queue NAME), or set CREDITSTREAM_REQUESTS_QUEUE to a new "
+                "name, or keep the old value of CREDITSTREAM_DELIVERY_LIMIT."
+            ) from exc
+
+    def _declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)

@@ -153,3 +153,30 @@ def test_producer_exits_non_zero_when_nothing_is_confirmed(
     )
     assert result.returncode != 0
     assert "guest:guest" not in result.stderr + result.stdout, "credentials never logged"
+
+
+@pytest.mark.timeout(60)
+def test_existing_queue_with_other_arguments_gives_a_fix_it_error(
+    make_settings: Callable[..., Settings],
+) -> None:
+    old = make_settings(delivery_limit=5)
+    assert run_cli(["produce", "--synthetic", "--limit", "1", "--no-progress"], old).returncode == 0
+    new = make_settings(delivery_limit=7)
+    produced = run_cli(["produce", "--synthetic", "--limit", "1", "--no-progress"], new)
+    consumed = run_cli(["consume", "--exit-when-idle", "1"], new)
+    assert produced.returncode == 2 and consumed.returncode == 2
+    assert "drain and delete the queue" in produced.stderr
+    assert "drain and delete the queue" in consumed.stderr
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_broker_is_reported_without_credentials(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(
+        amqp_url=f"amqp://app:hunter2@127.0.0.1:{free_port()}/", broker_wait_s=1
+    )
+    result = run_cli(["produce", "--synthetic", "--limit", "1", "--no-progress"], settings)
+    assert result.returncode == 1
+    assert "RabbitMQ unreachable at amqp://app:***@127.0.0.1" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
