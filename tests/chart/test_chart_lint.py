@@ -47,13 +47,14 @@ REJECTED = [
         id="grace-period-below-batch-time",
     ),
     pytest.param(
-        ("consumer.extraEnv[0].name=CREDITSTREAM_REQUESTS_QUEUE", "consumer.extraEnv[0].value=other"),
+        (
+            "consumer.extraEnv[0].name=CREDITSTREAM_REQUESTS_QUEUE",
+            "consumer.extraEnv[0].value=other",
+        ),
         "consumer.queueName feeds both the consumer and the KEDA trigger",
         id="queue-name-overridden-behind-keda",
     ),
-    pytest.param(
-        ("autoscaling.minReplicaCount=9",), "exceeds maxReplicaCount", id="min-above-max"
-    ),
+    pytest.param(("autoscaling.minReplicaCount=9",), "exceeds maxReplicaCount", id="min-above-max"),
     pytest.param(("rabbitmq.auth.username=guest",), "choose another user name", id="guest-user"),
     pytest.param(
         ("rabbitmq.image.tag=4.1.4",), "use a -management tag", id="broker-without-management"
@@ -81,8 +82,16 @@ def test_values_contract_shared_with_the_local_autoscaler() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     autoscaling = values["autoscaling"]
     expected_keys = {
-        "enabled", "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod",
-        "initialCooldownPeriod", "queueLength", "activationQueueLength", "protocol", "behavior",
+        "enabled",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "pollingInterval",
+        "cooldownPeriod",
+        "initialCooldownPeriod",
+        "queueLength",
+        "activationQueueLength",
+        "protocol",
+        "behavior",
     }
     assert expected_keys <= set(autoscaling)
     assert autoscaling["protocol"] == "http"

@@ -65,15 +65,20 @@ def isolation() -> Iterator[dict[str, str]]:
     vhost, database = f"cs-chart-{suffix}", f"cs_chart_{suffix}"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
     try:
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*",
-                        ".*"], check=True, timeout=60)
-        subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True,
-                       timeout=60)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            timeout=60,
+        )
+        subprocess.run(
+            ["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True, timeout=60
+        )
         try:
             yield {"vhost": vhost, "database": database}
         finally:
-            subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--force", database],
-                           timeout=60)
+            subprocess.run(
+                ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--force", database], timeout=60
+            )
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60)
 
@@ -89,8 +94,13 @@ def docs(helm_binaries: dict[str, Path], http_port: int) -> Docs:
     out = helm_template(
         helm_binaries["3"],
         (CHART / "ci" / "postgresql-values.yaml",),
-        sets=(f"producer.limit={RECORDS}", f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
-              "producer.rate=0", f"consumer.httpPort={http_port}", "logFormat=json"),
+        sets=(
+            f"producer.limit={RECORDS}",
+            f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
+            "producer.rate=0",
+            f"consumer.httpPort={http_port}",
+            "logFormat=json",
+        ),
     )
     return parse_docs(out.stdout)
 
@@ -162,9 +172,20 @@ def _wait_http(url: str, timeout: float) -> requests.Response:
 
 def _count_rows(database: str) -> int:
     out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAc",
-         "SELECT count(*) FROM predictions"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-tAc",
+            "SELECT count(*) FROM predictions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     return int(out.stdout.strip()) if out.returncode == 0 else -1
 
@@ -176,24 +197,34 @@ def test_rendered_pods_run_end_to_end(
     (job,) = by_kind(docs, "Job")
     (test_pod,) = by_kind(docs, "Pod")
     consumer_argv, consumer_env = process_env(
-        docs, deployment, REPO_ROOT / "services" / "consumer" / "Dockerfile", isolation)
+        docs, deployment, REPO_ROOT / "services" / "consumer" / "Dockerfile", isolation
+    )
     producer_argv, producer_env = process_env(
-        docs, job, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation)
+        docs, job, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation
+    )
     smoke_argv, smoke_env = process_env(
-        docs, test_pod, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation)
+        docs, test_pod, REPO_ROOT / "services" / "producer" / "Dockerfile", isolation
+    )
     assert Path(consumer_env["CREDITSTREAM_MODEL_PATH"]).is_file(), "model path not in the image"
 
     log = (tmp_path / "consumer.log").open("w")
-    consumer = subprocess.Popen(consumer_argv, env=consumer_env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp_path)
+    consumer = subprocess.Popen(
+        consumer_argv, env=consumer_env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
     try:
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         base = f"http://127.0.0.1:{http_port}"
         _wait_http(base + container["readinessProbe"]["httpGet"]["path"], timeout=60)
         _wait_http(base + container["livenessProbe"]["httpGet"]["path"], timeout=5)
 
-        producer = subprocess.run(producer_argv, env=producer_env, capture_output=True, text=True,
-                                  timeout=180, cwd=tmp_path)
+        producer = subprocess.run(
+            producer_argv,
+            env=producer_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+        )
         assert producer.returncode == 0, producer.stdout + producer.stderr
 
         deadline = time.monotonic() + 90
@@ -205,8 +236,10 @@ def test_rendered_pods_run_end_to_end(
         (scaled,) = by_kind(docs, "ScaledObject")
         trigger = scaled["spec"]["triggers"][0]["metadata"]
         management = consumer_env["CREDITSTREAM_MANAGEMENT_URL"]
-        queue_url = (f"{management}/api/queues/{quote(isolation['vhost'], safe='')}/"
-                     f"{quote(trigger['queueName'], safe='')}")
+        queue_url = (
+            f"{management}/api/queues/{quote(isolation['vhost'], safe='')}/"
+            f"{quote(trigger['queueName'], safe='')}"
+        )
         deadline = time.monotonic() + 20
         while True:  # NOTE: the management API fills in queue stats a few seconds late
             queue = requests.get(queue_url, timeout=10)
@@ -214,15 +247,18 @@ def test_rendered_pods_run_end_to_end(
             if "consumers" in queue.json() or time.monotonic() > deadline:
                 break
             time.sleep(1)
-        assert (queue.json()["vhost"], queue.json()["name"]) == (isolation["vhost"],
-                                                                 trigger["queueName"])
+        assert (queue.json()["vhost"], queue.json()["name"]) == (
+            isolation["vhost"],
+            trigger["queueName"],
+        )
         assert queue.json().get("consumers", 0) >= 1
 
         metrics = _wait_http(base + "/metrics", timeout=5).text
         assert "creditstream" in metrics
 
-        smoke = subprocess.run(smoke_argv, env=smoke_env, capture_output=True, text=True,
-                               timeout=120, cwd=tmp_path)
+        smoke = subprocess.run(
+            smoke_argv, env=smoke_env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
         assert smoke.returncode == 0, smoke.stdout + smoke.stderr
     finally:
         consumer.send_signal(signal.SIGTERM)

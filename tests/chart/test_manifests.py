@@ -71,7 +71,9 @@ def test_objects_valid_against_kubernetes_schemas_strict(
     assert errors == []
 
 
-def test_strict_kubernetes_validation_rejects_an_unknown_field(rendered_docs: dict[str, Docs]) -> None:
+def test_strict_kubernetes_validation_rejects_an_unknown_field(
+    rendered_docs: dict[str, Docs],
+) -> None:
     deployment = copy.deepcopy(by_kind(rendered_docs["defaults"], "Deployment")[0])
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -79,7 +81,7 @@ def test_strict_kubernetes_validation_rejects_an_unknown_field(rendered_docs: di
 
 
 def _strict(schema: Any) -> Any:
-    """CRD openAPIV3Schema -> JSON Schema that rejects unknown fields (as a structural schema prunes)."""
+    """CRD openAPIV3Schema -> JSON Schema rejecting unknown fields (as structural pruning)."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
         if (
@@ -105,7 +107,9 @@ def _keda_validator(kind: str) -> jsonschema.Draft7Validator:
 def _keda_errors(doc: dict[str, Any]) -> list[str]:
     body = {k: v for k, v in doc.items() if k != "metadata"}  # metadata: checked by the API server
     validator = _keda_validator(doc["kind"])
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)
+    ]
 
 
 def _require_keda_schemas() -> None:
@@ -114,7 +118,9 @@ def _require_keda_schemas() -> None:
 
 
 @pytest.mark.parametrize("case", CASE_PARAMS)
-def test_keda_objects_valid_against_keda_crds(rendered_docs: dict[str, Docs], case: ValuesCase) -> None:
+def test_keda_objects_valid_against_keda_crds(
+    rendered_docs: dict[str, Docs], case: ValuesCase
+) -> None:
     _require_keda_schemas()
     docs = rendered_docs[case.id]
     keda = [d for d in docs if d["apiVersion"] == "keda.sh/v1alpha1"]
@@ -137,7 +143,8 @@ def test_servicemonitor_shape(rendered_docs: dict[str, Docs]) -> None:
     """No Prometheus Operator CRD is available here: check the fields the operator needs."""
     (monitor,) = by_kind(rendered_docs["production"], "ServiceMonitor")
     service_labels = {
-        tuple(sorted(s["metadata"]["labels"].items())) for s in by_kind(rendered_docs["production"], "Service")
+        tuple(sorted(s["metadata"]["labels"].items()))
+        for s in by_kind(rendered_docs["production"], "Service")
     }
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert any(set(selector.items()) <= set(labels) for labels in service_labels)
@@ -181,16 +188,31 @@ CHECKOV = REPO_ROOT / ".tools" / "checkov-venv" / "bin" / "checkov"
 
 @pytest.fixture(scope="session")
 def checkov_binary() -> Path:
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "fetch_tools.py"), "checkov"],
-                   check=True, timeout=900)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "fetch_tools.py"), "checkov"],
+        check=True,
+        timeout=900,
+    )
     return CHECKOV
 
 
 def _run_checkov(checkov: Path, directory: Path) -> dict[str, Any]:
     result = subprocess.run(
-        [str(checkov), "--directory", str(directory), "--framework", "kubernetes", "--output",
-         "json", "--quiet", "--compact", "--skip-download"],
-        capture_output=True, text=True, timeout=600,
+        [
+            str(checkov),
+            "--directory",
+            str(directory),
+            "--framework",
+            "kubernetes",
+            "--output",
+            "json",
+            "--quiet",
+            "--compact",
+            "--skip-download",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
@@ -219,9 +241,12 @@ def test_checkov_catches_a_container_without_limits(
     deployment = by_kind(docs, "Deployment")[0]
     deployment["spec"]["template"]["spec"]["containers"][0].pop("resources")
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"].pop(
-        "readOnlyRootFilesystem")
+        "readOnlyRootFilesystem"
+    )
     (tmp_path / "broken.yaml").write_text(yaml.safe_dump_all([deployment]))
-    failed = {c["check_id"] for c in _run_checkov(checkov_binary, tmp_path)["results"]["failed_checks"]}
+    failed = {
+        c["check_id"] for c in _run_checkov(checkov_binary, tmp_path)["results"]["failed_checks"]
+    }
     assert {"CKV_K8S_11", "CKV_K8S_13", "CKV_K8S_22"} <= failed
 
 
@@ -239,7 +264,9 @@ CHECKS: list[Any] = [
 
 @pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("case", CASE_PARAMS)
-def test_contract_assertions(rendered_docs: dict[str, Docs], case: ValuesCase, check: CheckFn) -> None:
+def test_contract_assertions(
+    rendered_docs: dict[str, Docs], case: ValuesCase, check: CheckFn
+) -> None:
     assert check(rendered_docs[case.id]) == []
 
 
@@ -260,8 +287,13 @@ def test_scaledobject_carries_the_values_contract(rendered_docs: dict[str, Docs]
     values = effective_values(CASES[0])["autoscaling"]
     (scaled,) = by_kind(rendered_docs["defaults"], "ScaledObject")
     spec = scaled["spec"]
-    for key in ("pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "minReplicaCount",
-                "maxReplicaCount"):
+    for key in (
+        "pollingInterval",
+        "cooldownPeriod",
+        "initialCooldownPeriod",
+        "minReplicaCount",
+        "maxReplicaCount",
+    ):
         assert spec[key] == values[key], key
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == values["behavior"]
     (trigger,) = spec["triggers"]
@@ -291,16 +323,23 @@ def test_security_defaults_on_every_pod(rendered_docs: dict[str, Docs]) -> None:
 
 def test_network_policies_cover_every_pod(rendered_docs: dict[str, Docs]) -> None:
     for case_id, docs in rendered_docs.items():
-        selectors = [p["spec"]["podSelector"]["matchLabels"] for p in by_kind(docs, "NetworkPolicy")]
+        selectors = [
+            p["spec"]["podSelector"]["matchLabels"] for p in by_kind(docs, "NetworkPolicy")
+        ]
         for doc in docs:
             if doc["kind"] not in {"Deployment", "StatefulSet", "Job", "Pod"}:
                 continue
-            labels = (doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"])["labels"]
+            labels = (
+                doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]
+            )["labels"]
             assert any(set(s.items()) <= set(labels.items()) for s in selectors), (
-                f"{case_id}: {doc['kind']} {doc['metadata']['name']} has no NetworkPolicy")
+                f"{case_id}: {doc['kind']} {doc['metadata']['name']} has no NetworkPolicy"
+            )
 
 
-def test_broker_secret_survives_upgrades_and_never_uses_guest(rendered_docs: dict[str, Docs]) -> None:
+def test_broker_secret_survives_upgrades_and_never_uses_guest(
+    rendered_docs: dict[str, Docs],
+) -> None:
     docs = rendered_docs["defaults"]
     secret = next(s for s in by_kind(docs, "Secret") if s["metadata"]["name"].endswith("-rabbitmq"))
     assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -314,7 +353,12 @@ def test_helm_test_hook_runs_the_smoke_test(rendered_docs: dict[str, Docs]) -> N
     (pod,) = [p for p in by_kind(rendered_docs["defaults"], "Pod")]
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     container = pod["spec"]["containers"][0]
-    assert container["command"] + container["args"] == ["creditstream", "smoke-test", "--timeout", "60"]
+    assert container["command"] + container["args"] == [
+        "creditstream",
+        "smoke-test",
+        "--timeout",
+        "60",
+    ]
 
 
 def test_producer_job_limits(rendered_docs: dict[str, Docs]) -> None:
@@ -337,7 +381,9 @@ def _post_render(docs: Docs, mutate: Callable[[Docs], None]) -> Docs:
 
 
 def _wrong_trigger_queue(docs: Docs) -> None:
-    by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["queueName"] = "creditstream.typo"
+    by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["queueName"] = (
+        "creditstream.typo"
+    )
 
 
 def _drop_secret_key(docs: Docs) -> None:
@@ -364,16 +410,32 @@ def _host_in_metadata(docs: Docs) -> None:
 
 
 NEGATIVE = [
-    pytest.param(_wrong_trigger_queue, queue_name_problems, "watches queue 'creditstream.typo'",
-                 id="wrong-queue-on-trigger"),
-    pytest.param(_drop_secret_key, lambda d: secret_ref_problems(d), "has no key 'management-url'",
-                 id="missing-secret-key"),
+    pytest.param(
+        _wrong_trigger_queue,
+        queue_name_problems,
+        "watches queue 'creditstream.typo'",
+        id="wrong-queue-on-trigger",
+    ),
+    pytest.param(
+        _drop_secret_key,
+        lambda d: secret_ref_problems(d),
+        "has no key 'management-url'",
+        id="missing-secret-key",
+    ),
     pytest.param(_replicas_back, replicas_problems, "sets spec.replicas", id="replicas-under-keda"),
-    pytest.param(_short_grace, grace_period_problems, "terminationGracePeriodSeconds 5",
-                 id="grace-below-batch"),
+    pytest.param(
+        _short_grace,
+        grace_period_problems,
+        "terminationGracePeriodSeconds 5",
+        id="grace-below-batch",
+    ),
     pytest.param(_probe_on_wrong_path, probe_problems, "path /ready != /readyz", id="probe-path"),
-    pytest.param(_host_in_metadata, plain_credential_problems, "credential in trigger metadata",
-                 id="password-in-trigger-metadata"),
+    pytest.param(
+        _host_in_metadata,
+        plain_credential_problems,
+        "credential in trigger metadata",
+        id="password-in-trigger-metadata",
+    ),
 ]
 
 
@@ -389,8 +451,13 @@ def test_checks_catch_a_broken_manifest(
 
 def test_credential_check_catches_a_password_in_extra_env(helm: Path) -> None:
     """A broken value: a URL with a password given as plain extraEnv is caught."""
-    out = helm_template(helm, sets=("consumer.extraEnv[0].name=EXTRA_BROKER",
-                                    "consumer.extraEnv[0].value=amqp://app:hunter22@broker:5672/"))
+    out = helm_template(
+        helm,
+        sets=(
+            "consumer.extraEnv[0].name=EXTRA_BROKER",
+            "consumer.extraEnv[0].value=amqp://app:hunter22@broker:5672/",
+        ),
+    )
     problems = plain_credential_problems(parse_docs(out.stdout))
     assert problems == ["Deployment cs-creditstream-consumer: credential in plain env EXTRA_BROKER"]
 
@@ -411,7 +478,12 @@ def test_rendered_manifests_match_the_chart(helm: Path, tmp_path: Path) -> None:
 def test_rendered_manifests_pass_the_contract_checks() -> None:
     docs = [d for p in sorted(RENDERED_DIR.rglob("*.yaml")) for d in parse_docs(p.read_text())]
     assert by_kind(docs, "ScaledObject")
-    for check in (queue_name_problems, replicas_problems, plain_credential_problems,
-                  grace_period_problems, probe_problems):
+    for check in (
+        queue_name_problems,
+        replicas_problems,
+        plain_credential_problems,
+        grace_period_problems,
+        probe_problems,
+    ):
         assert check(docs) == [], check.__name__
     assert secret_ref_problems(docs, {"creditstream-broker", "creditstream-database"}) == []
