@@ -209,7 +209,7 @@ def run_smoke_test(settings: Settings, *, timeout: float) -> int:
     try:
         with PredictionClient(settings) as client:
             prediction = client.predict(SMOKE_RECORD, timeout=timeout)
-    except (PredictionError, *BROKER_DOWN_ERRORS) as exc:
+    except (PredictionError, *BROKER_DOWN_ERRORS) as exc:  # type: ignore[misc]
         log.error("smoke test failed: %s", exc)
         return 1
     probability = prediction.get("probability")

@@ -365,7 +365,7 @@ class Consumer:
         channel: BlockingChannel,
         scored: list[tuple[PendingMessage, list[Prediction]]],
         predictions: list[Prediction],
-    ) -> set[str] | None:
+    ) -> int | None:
         delay = 0.2
         while True:
             started = time.perf_counter()

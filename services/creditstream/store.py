@@ -127,6 +127,8 @@ class ResultsStore:
             return 0
         if not self._schema_ready:
             self.create_schema()  # NOTE: the database may have been down at start-up
+        received: dict[float, str | dt.datetime]
+        scored: dict[float, str | dt.datetime]
         if self._is_sqlite:
             received = {p.received_at: _sqlite_time(p.received_at) for p in predictions}
             scored = {p.scored_at: _sqlite_time(p.scored_at) for p in predictions}
