@@ -1,0 +1,192 @@
+"""Fault injectors that are safe on a shared machine: each one touches only its own test's share.
+
+- broker connection loss: `rabbitmqctl close_all_connections`, scoped to the connections whose
+  client-provided name ends with the test's queue (creditstream names them
+  `creditstream-<component>:<requests_queue>`, see creditstream/broker.py);
+- database outage: a database of the test's own, made unavailable with
+  `ALTER DATABASE … ALLOW_CONNECTIONS false` + `pg_terminate_backend` (never a server restart);
+- broker flow control: the real memory alarm (`set_vm_memory_high_watermark`), held for seconds
+  and always restored;
+- resident memory of a process tree, sampled (psutil).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.helpers import PG_URL
+
+RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+
+
+def rabbitmqctl(*args: str, timeout: float = 60) -> str:
+    """Run rabbitmqctl quietly; skip the test (with the reason) when the CLI cannot be used."""
+    try:
+        result = subprocess.run(
+            [RABBITMQCTL, "-q", *args], capture_output=True, text=True, timeout=timeout
+        )
+    except FileNotFoundError:
+        pytest.skip("rabbitmqctl not found: fault tests need the broker's CLI on this machine")
+    if result.returncode != 0:
+        if "erlang cookie" in result.stderr.lower() or "eacces" in result.stderr.lower():
+            pytest.skip(f"rabbitmqctl cannot reach the node: {result.stderr.strip()[:300]}")
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+# --- broker connections -------------------------------------------------------------------
+def _connection_name(client_properties: list[list[object]]) -> str:
+    for key, _kind, value in client_properties:
+        if key == "connection_name":
+            return str(value)
+    return ""
+
+
+def connections_of(queue: str) -> dict[str, str]:
+    """{erlang pid: client-provided name} of every creditstream connection serving `queue`."""
+    rows = json.loads(
+        rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json") or "[]"
+    )
+    found = {}
+    for row in rows:
+        name = _connection_name(row.get("client_properties") or [])
+        if name.startswith("creditstream-") and name.endswith(f":{queue}"):
+            found[row["pid"].removeprefix("#PID")] = name
+    return found
+
+
+def close_connections_of(queue: str, reason: str = "fault test") -> list[str]:
+    """`close_all_connections`, scoped to one test: close the connections serving `queue`.
+
+    Returns the client-provided names of the connections closed.
+    """
+    closed = []
+    for pid, name in connections_of(queue).items():
+        with contextlib.suppress(RuntimeError):  # it may have gone away by itself meanwhile
+            rabbitmqctl("close_connection", pid, reason)
+            closed.append(name)
+    return closed
+
+
+# --- broker flow control ------------------------------------------------------------------
+def _current_watermark() -> list[str]:
+    """The arguments that restore the current vm_memory_high_watermark."""
+    value = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    if value.startswith("{absolute"):
+        return ["absolute", value.strip("{}").split(",")[1].strip()]
+    return [value]
+
+
+@contextlib.contextmanager
+def memory_alarm() -> Iterator[None]:
+    """Raise the broker's memory alarm (every publishing connection gets connection.blocked).
+
+    NOTE: the alarm is broker-wide: other publishers on this machine pause too. Keep the window
+    to seconds; the previous watermark is always restored.
+    """
+    previous = _current_watermark()
+    rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1MB")
+    try:
+        yield
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", *previous)
+
+
+# --- database -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def dedicated_database() -> Iterator[str]:
+    """A PostgreSQL database of the test's own (URL yielded); dropped afterwards."""
+    name = f"cs_fault_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        pytest.fail(f"cannot create a database at {PG_URL}: {exc} (run `make services`)")
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def database_outage(database_url: str) -> Iterator[int]:
+    """Refuse new connections to one database and cut the open ones; yields sessions cut."""
+    name = make_url(database_url).database
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            cut = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            ).scalar_one()
+        yield int(cut)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        admin.dispose()
+
+
+# --- memory -------------------------------------------------------------------------------
+@dataclass
+class RssSampler:
+    """Samples the resident memory (bytes) of some processes on a thread; keeps each one's peak."""
+
+    pids: dict[str, int]
+    interval_s: float = 0.2
+    peaks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def add(self, label: str, pid: int) -> None:
+        """Start watching one more process."""
+        self.pids[label] = pid
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for label, pid in list(self.pids.items()):
+                with contextlib.suppress(psutil.Error):
+                    rss = psutil.Process(pid).memory_info().rss
+                    self.peaks[label] = max(self.peaks.get(label, 0), rss)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.1) -> bool:
+    """Poll a callable until true; False after `timeout` (no test failure, unlike wait_until)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
