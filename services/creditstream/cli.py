@@ -386,6 +386,35 @@ def demo(
 
 
 @app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="CI sanity run (< 2 min): small sizes, no targets.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Directory for benchmarks.json and benchmarks.md (default: docs/).",
+            show_default=False,
+        ),
+    ] = None,
+    pg_url: Annotated[
+        str,
+        typer.Option("--pg-url", help="PostgreSQL database for the PostgreSQL scenarios."),
+    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    amqp_url: AmqpUrlOption = None,
+) -> None:
+    """Benchmark throughput and latency against the broker ceiling and a seed-style consumer."""
+    from creditstream.bench.runner import run_bench
+    from creditstream.settings import REPO_ROOT
+
+    settings = build_settings(amqp_url=amqp_url)
+    _setup_logging(settings, "bench")
+    target = out or REPO_ROOT / "docs"
+    raise typer.Exit(code=run_bench(settings, quick=quick, out_dir=target, pg_url=pg_url))
+
+
+@app.command()
 def observe(
     release: Annotated[str, typer.Option(help="Helm release name.")] = "creditstream",
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "default",

@@ -1,0 +1,130 @@
+"""Per-scenario isolation: unique exchanges/queues, a PostgreSQL schema or a temp SQLite file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+from pydantic import SecretStr
+
+from creditstream.bench.plan import Store
+from creditstream.settings import Settings
+from creditstream.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+def scenario_settings(
+    base: Settings, tag: str, *, database_url: str, schema: str | None
+) -> Settings:
+    """The base settings with this scenario's own broker names and results store."""
+    prefix = f"creditstream.bench.{tag}"
+    return base.model_copy(
+        update={
+            "requests_exchange": f"{prefix}.requests",
+            "requests_queue": f"{prefix}.requests",
+            "dead_letter_exchange": f"{prefix}.dead",
+            "dead_letter_queue": f"{prefix}.dead",
+            "predictions_exchange": f"{prefix}.predictions",
+            "database_url": SecretStr(database_url),
+            "database_schema": schema,
+            "run_id": tag,
+        }
+    )
+
+
+def new_tag(name: str) -> str:
+    """A unique, readable scenario tag."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def declare_topology(settings: Settings) -> None:
+    """Create the scenario's exchanges and queues (quorum requests queue, as in production)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        Topology.from_settings(settings).declare(connection.channel())
+    finally:
+        connection.close()
+
+
+def delete_topology(settings: Settings) -> None:
+    """Delete the scenario's queues and exchanges (best effort, logged)."""
+    try:
+        connection = pika.BlockingConnection(
+            pika.URLParameters(settings.amqp_url.get_secret_value())
+        )
+    except pika.exceptions.AMQPError as exc:
+        log.warning("could not connect to delete bench queues: %s", exc)
+        return
+    try:
+        for queue in (settings.requests_queue, settings.dead_letter_queue):
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().queue_delete(queue)
+        for exchange in (
+            settings.requests_exchange,
+            settings.dead_letter_exchange,
+            settings.predictions_exchange,
+        ):
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().exchange_delete(exchange)
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def queue_depth(settings: Settings) -> int:
+    """Ready messages in the scenario's requests queue (passive declare)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        frame = connection.channel().queue_declare(settings.requests_queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def isolated(
+    base: Settings, name: str, store: Store, work_dir: Path, pg_url: str
+) -> Iterator[Settings]:
+    """Settings with unique queues and a fresh store; everything is removed afterwards."""
+    tag = new_tag(name)
+    schema: str | None = None
+    sqlite_file: Path | None = None
+    if store == "postgresql":
+        from sqlalchemy import create_engine, text
+
+        schema = "bench_" + tag.replace("-", "_").replace(".", "_")
+        engine = create_engine(pg_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        finally:
+            engine.dispose()
+        url = pg_url
+    else:
+        sqlite_file = work_dir / f"{tag}.sqlite"
+        url = f"sqlite:///{sqlite_file}"
+    settings = scenario_settings(base, tag, database_url=url, schema=schema)
+    declare_topology(settings)
+    try:
+        yield settings
+    finally:
+        delete_topology(settings)
+        if schema is not None:
+            from sqlalchemy import create_engine, text
+
+            engine = create_engine(pg_url)
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            finally:
+                engine.dispose()
+        if sqlite_file is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    Path(f"{sqlite_file}{suffix}").unlink()

@@ -1,0 +1,101 @@
+"""Which scenarios a benchmark run measures and how big each one is (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Store = Literal["sqlite", "postgresql"]
+
+STORES: Final[tuple[Store, ...]] = ("sqlite", "postgresql")
+
+
+@dataclass(frozen=True)
+class ConsumerCase:
+    """One creditstream consumer configuration: processes × store × records per message."""
+
+    processes: int
+    store: Store
+    records_per_message: int
+    records: int
+
+    @property
+    def key(self) -> str:
+        """Stable identifier used in the JSON report and by the targets."""
+        return f"creditstream-{self.processes}p-{self.store}-{self.records_per_message}rpm"
+
+    @property
+    def label(self) -> str:
+        """Human label for tables."""
+        unit = "record" if self.records_per_message == 1 else "records"
+        return (
+            f"creditstream, {self.processes} process{'es' if self.processes > 1 else ''}, "
+            f"{self.store}, {self.records_per_message} {unit}/msg"
+        )
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """Sizes and time bounds of one run; `quick` is the CI sanity mode."""
+
+    quick: bool
+    ceiling_messages: int
+    seed_style_messages: int
+    seed_style_max_s: float
+    consumer_cases: tuple[ConsumerCase, ...]
+    producer_records: dict[int, int]  # records per message → records to publish
+    latency_rates: tuple[float, ...]
+    latency_duration_s: float
+    latency_warmup: int
+    drain_timeout_s: float
+    # NOTE: same prefetch and batch size for creditstream and the ceiling (Settings defaults).
+    prefetch: int = 1024
+    batch_size: int = 256
+
+    @property
+    def cold_start_case(self) -> ConsumerCase:
+        """The 1-process, 1 record/message case whose consumer start-up and RSS are reported."""
+        return next(
+            c for c in self.consumer_cases if c.processes == 1 and c.records_per_message == 1
+        )
+
+
+def build_plan(*, quick: bool) -> BenchPlan:
+    """The full plan (`make bench`, < 10 min) or the quick CI plan (< 2 min)."""
+    if quick:
+        cases: tuple[ConsumerCase, ...] = (
+            ConsumerCase(1, "sqlite", 1, 5_000),
+            ConsumerCase(1, "postgresql", 1, 5_000),
+            ConsumerCase(2, "postgresql", 1, 5_000),
+            ConsumerCase(1, "postgresql", 100, 20_000),
+        )
+        return BenchPlan(
+            quick=True,
+            ceiling_messages=5_000,
+            seed_style_messages=300,
+            seed_style_max_s=10.0,
+            consumer_cases=cases,
+            producer_records={1: 5_000, 100: 20_000},
+            latency_rates=(500.0, 2_000.0),
+            latency_duration_s=3.0,
+            latency_warmup=50,
+            drain_timeout_s=40.0,
+        )
+    cases = tuple(
+        ConsumerCase(processes, store, rpm, 60_000 if rpm == 1 else 300_000)
+        for rpm in (1, 100)
+        for store in STORES
+        for processes in (1, 2, 4)
+    )
+    return BenchPlan(
+        quick=False,
+        ceiling_messages=60_000,
+        seed_style_messages=3_000,
+        seed_style_max_s=30.0,
+        consumer_cases=cases,
+        producer_records={1: 60_000, 100: 300_000},
+        latency_rates=(500.0, 2_000.0),
+        latency_duration_s=15.0,
+        latency_warmup=200,
+        drain_timeout_s=120.0,
+    )
