@@ -22,8 +22,7 @@ import pika.exceptions
 
 from creditstream.broker import BROKER_DOWN_ERRORS, connect
 from creditstream.codec import encode_json
-from creditstream.consumer import SENT_AT_HEADER
-from creditstream.topology import REQUEST_ROUTING_KEY, Topology
+from creditstream.topology import REQUEST_ROUTING_KEY, SENT_AT_HEADER, Topology
 
 if TYPE_CHECKING:
     from creditstream.settings import Settings

@@ -33,6 +33,7 @@ from creditstream.topology import (
     DETAIL_HEADER,
     INDEX_HEADER,
     REASON_HEADER,
+    SENT_AT_HEADER,
     SOURCE_HEADER,
     Topology,
     TopologyMismatchError,
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Publish time in integer microseconds since the epoch (AMQP tables have no float type).
-SENT_AT_HEADER = "x-creditstream-sent-at-us"
 _IDLE_TICK_S = 0.25
 _JSON = "application/json"
 

@@ -24,8 +24,7 @@ from pika.spec import Basic
 
 from creditstream.broker import connect, connection_parameters
 from creditstream.codec import encode_records
-from creditstream.consumer import SENT_AT_HEADER
-from creditstream.topology import REQUEST_ROUTING_KEY, Topology
+from creditstream.topology import REQUEST_ROUTING_KEY, SENT_AT_HEADER, Topology
 
 if TYPE_CHECKING:
     from pika.channel import Channel

@@ -17,6 +17,8 @@ REASON_HEADER: Final = "x-creditstream-reason"
 DETAIL_HEADER: Final = "x-creditstream-detail"
 INDEX_HEADER: Final = "x-creditstream-record-index"
 SOURCE_HEADER: Final = "x-creditstream-source-message-id"
+# Publish time in integer microseconds since the epoch (AMQP tables have no float type).
+SENT_AT_HEADER: Final = "x-creditstream-sent-at-us"
 PRECONDITION_FAILED: Final = 406
 
 
