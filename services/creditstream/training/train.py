@@ -240,7 +240,8 @@ def run_training(
                 "auc": float(roc_auc_score(all_y, p_all_onnx)),
                 "rows": len(all_y),
                 "note": "AUC of the ONNX model's float32 probabilities over every row, training "
-                "rows included (optimistic; a pipeline check, not a quality figure)",
+                "rows included (optimistic; a pipeline check, not a quality figure); onnxruntime "
+                "CPU with 1 intra-op thread (more threads move it by ~1e-8)",
             },
         },
         "parity": {
