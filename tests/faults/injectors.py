@@ -2,7 +2,8 @@
 
 - broker connection loss: `rabbitmqctl close_all_connections`, scoped to the connections whose
   client-provided name ends with the test's queue (creditstream names them
-  `creditstream-<component>:<requests_queue>`, see creditstream/broker.py);
+  `creditstream-<component>:<requests_queue>`, see creditstream/broker.py); through the
+  management API when it is enabled, else `rabbitmqctl list_connections` / `close_connection`;
 - database outage: a database of the test's own, made unavailable with
   `ALTER DATABASE … ALLOW_CONNECTIONS false` + `pg_terminate_backend` (never a server restart);
 - broker flow control: the real memory alarm (`set_vm_memory_high_watermark`), held for seconds
@@ -14,22 +15,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psutil
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.helpers import PG_URL
+from creditstream.autoscale.queue_depth import management_url_from_amqp
+from tests.helpers import AMQP_URL, PG_URL
 
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+MANAGEMENT_URL = os.environ.get(
+    "CREDITSTREAM_TEST_MANAGEMENT_URL", management_url_from_amqp(AMQP_URL)
+)
 
 
 def rabbitmqctl(*args: str, timeout: float = 60) -> str:
@@ -55,12 +63,48 @@ def _connection_name(client_properties: list[list[object]]) -> str:
     return ""
 
 
+def _management() -> requests.Session | None:
+    """A session on the management API when it answers (fast); None: use rabbitmqctl."""
+    session = requests.Session()
+    parts = urllib.parse.urlsplit(MANAGEMENT_URL)
+    session.auth = (
+        urllib.parse.unquote(parts.username or ""),
+        urllib.parse.unquote(parts.password or ""),
+    )
+    try:
+        session.get(f"{_management_base()}/api/overview", timeout=5).raise_for_status()
+    except requests.RequestException:
+        return None
+    return session
+
+
+def _management_base() -> str:
+    parts = urllib.parse.urlsplit(MANAGEMENT_URL)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 15672}"
+
+
 def connections_of(queue: str) -> dict[str, str]:
-    """{erlang pid: client-provided name} of every creditstream connection serving `queue`."""
+    """{connection handle: client-provided name} of every creditstream connection on `queue`.
+
+    NOTE: the management API answers in milliseconds (its list lags new connections by up to
+    its statistics interval); rabbitmqctl is exact but costs seconds of CPU per call, which on
+    a busy 2-core machine outlasts a fault window. The API is used when it answers.
+    """
+    found = {}
+    session = _management()
+    if session is not None:
+        with session:
+            rows = session.get(
+                f"{_management_base()}/api/connections?columns=name,client_properties", timeout=10
+            ).json()
+        for row in rows:
+            name = str((row.get("client_properties") or {}).get("connection_name", ""))
+            if name.startswith("creditstream-") and name.endswith(f":{queue}"):
+                found[f"api:{row['name']}"] = name
+        return found
     rows = json.loads(
         rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json") or "[]"
     )
-    found = {}
     for row in rows:
         name = _connection_name(row.get("client_properties") or [])
         if name.startswith("creditstream-") and name.endswith(f":{queue}"):
@@ -74,10 +118,23 @@ def close_connections_of(queue: str, reason: str = "fault test") -> list[str]:
     Returns the client-provided names of the connections closed.
     """
     closed = []
-    for pid, name in connections_of(queue).items():
+    session = _management()
+    for handle, name in connections_of(queue).items():
+        if handle.startswith("api:") and session is not None:
+            quoted = urllib.parse.quote(handle.removeprefix("api:"), safe="")
+            response = session.delete(
+                f"{_management_base()}/api/connections/{quoted}",
+                headers={"X-Reason": reason},
+                timeout=10,
+            )
+            if response.status_code in (200, 204):
+                closed.append(name)
+            continue
         with contextlib.suppress(RuntimeError):  # it may have gone away by itself meanwhile
-            rabbitmqctl("close_connection", pid, reason)
+            rabbitmqctl("close_connection", handle, reason)
             closed.append(name)
+    if session is not None:
+        session.close()
     return closed
 
 
