@@ -68,6 +68,7 @@ class BenchContext:
     cache_dir: Path
     notes: list[str] = field(default_factory=list)
     say: Callable[[str], None] = print
+    started: float = field(default_factory=time.monotonic)
 
 
 # --- subprocess helpers ---------------------------------------------------------------------
@@ -139,7 +140,10 @@ def _run_reference(
     with log_path.open("w") as handle:
         done = subprocess.run(
             [sys.executable, "-m", module, *args],
-            env=_env(settings),
+            # NOTE: one inference thread, like creditstream's onnxruntime session: OpenMP's
+            # default (a spinning thread per core) made scikit-learn ~10x slower per record on
+            # this shared 2-core box, which would flatter creditstream's ratio.
+            env=_env(settings, OMP_NUM_THREADS="1"),
             stdout=subprocess.PIPE,
             stderr=handle,
             text=True,
@@ -511,8 +515,9 @@ def method_lines(plan: BenchPlan) -> list[str]:
         "timed in-process from first delivery to last ack.",
         "seed-style: one record per message, the project's scikit-learn pipeline (the model "
         "card's chosen candidate, fitted on the training split, cached under .cache/bench/) "
-        "`predict_proba` per record, one INSERT + COMMIT per record into PostgreSQL, one ack "
-        "per message; timed in-process from first delivery to last ack, bounded to "
+        "`predict_proba` per record (OMP_NUM_THREADS=1, like creditstream's single ONNX "
+        "thread), one INSERT + COMMIT per record into PostgreSQL, one ack per message; "
+        "timed in-process from first delivery to last ack, bounded to "
         f"{plan.seed_style_messages} messages or {plan.seed_style_max_s:g} s.",
         "producer: `creditstream produce --synthetic` (windowed publisher confirms, persistent "
         "messages) into a queue with no consumer; rate = confirmed records / publishing time as "
@@ -530,6 +535,12 @@ def method_lines(plan: BenchPlan) -> list[str]:
 
 def _attempt(ctx: BenchContext, name: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.monotonic()
+    budget = ctx.plan.time_budget_s
+    if budget is not None and started - ctx.started > budget:
+        reason = f"time budget of {budget:g} s used up before it could start"
+        ctx.say(f"- {name}: skipped ({reason})")
+        ctx.notes.append(f"{name}: skipped, {reason}")
+        return {"kind": name, "label": name, "skipped": reason}
     ctx.say(f"- {name} …")
     try:
         entry = action()
