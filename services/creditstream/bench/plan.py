@@ -100,6 +100,6 @@ def build_plan(*, quick: bool) -> BenchPlan:
         latency_rates=(500.0, 2_000.0),
         latency_duration_s=10.0,
         latency_warmup=200,
-        drain_timeout_s=90.0,
+        drain_timeout_s=45.0,
         time_budget_s=480.0,
     )
