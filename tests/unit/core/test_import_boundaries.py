@@ -18,7 +18,7 @@ TRAINING_ONLY = ["sklearn", "skl2onnx", "pandas", "matplotlib", "scipy", "onnx"]
     [
         pytest.param(
             ["creditstream.producer", "creditstream.client", "creditstream.cli"],
-            CONSUMER_ONLY + ["sklearn", "skl2onnx", "matplotlib"],
+            [*CONSUMER_ONLY, "sklearn", "skl2onnx", "matplotlib"],
             id="producer-image",
         ),
         pytest.param(
