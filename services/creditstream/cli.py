@@ -6,6 +6,7 @@ that `creditstream --help` is fast and the consumer image never imports training
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -368,7 +369,7 @@ def demo(
 
     settings = build_settings(amqp_url=amqp_url)
     try:
-        overrides = [parse_set_override(text) for text in set_values or []]
+        overrides: list[Mapping[str, Any]] = [parse_set_override(text) for text in set_values or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     options = DemoOptions(
