@@ -1,0 +1,164 @@
+"""Poison under load: every bad-input kind and a message that breaks scoring, mixed into a stream
+of good records. Bad records reach the dead-letter queue with reasons; the message that keeps
+failing stops at the delivery limit; every good record is stored once; the consumer never dies.
+
+The bad-input table and the failing scorer are the integration suite's
+(tests/integration/test_bad_input_and_rpc.py); here they run at volume, interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pika
+import pytest
+
+from creditstream.codec import RejectReason
+from creditstream.consumer import Consumer
+from creditstream.scoring import OnnxScorer
+from creditstream.settings import Settings
+from creditstream.store import ResultsStore
+from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
+from tests.faults.ledger import record_run
+from tests.helpers import AMQP_URL, count_rows, stored_rows, wait_until
+from tests.integration.test_bad_input_and_rpc import (
+    BAD_BODIES,
+    FailsOnRecord,
+    drain_dead_letters,
+    good,
+)
+
+pytestmark = pytest.mark.faults
+
+POISON_LIMIT_BAL = 777_000
+
+
+@dataclass(frozen=True)
+class PoisonRun:
+    """How much of each: good single records, copies of every bad kind, mixed batches, poison."""
+
+    good: int
+    copies_of_each_bad_kind: int
+    mixed_batches: int
+    poison: int
+    delivery_limit: int = 3
+
+
+CASES = [
+    pytest.param(PoisonRun(2_000, 3, 20, 3), id="short"),
+    pytest.param(PoisonRun(30_000, 50, 500, 20), marks=pytest.mark.slow, id="30k"),
+]
+
+
+def _messages(
+    run: PoisonRun, rng: random.Random
+) -> tuple[list[tuple[bytes, str | None, str]], Counter[str], set[str]]:
+    """(body, content type, message id) in a random order; expected dead-letter reasons; ids."""
+    messages: list[tuple[bytes, str | None, str]] = []
+    reasons: Counter[str] = Counter()
+    expected_ids: set[str] = set()
+    for i in range(run.good):
+        messages.append((json.dumps(good(f"g{i}")).encode(), "application/json", f"good-{i}"))
+        expected_ids.add(f"g{i}")
+    for copy in range(run.copies_of_each_bad_kind):
+        for param in BAD_BODIES:
+            body, content_type, reason = param.values
+            messages.append((body, content_type, f"bad-{param.id}-{copy}"))
+            reasons[reason] += 1
+    for i in range(run.mixed_batches):
+        batch = [good(f"m{i}a"), {**good(f"m{i}x"), "PAY_0": 11}, good(f"m{i}b")]
+        messages.append((json.dumps(batch).encode(), "application/json", f"mixed-{i}"))
+        reasons[RejectReason.RANGE] += 1
+        expected_ids |= {f"m{i}a", f"m{i}b"}
+    for i in range(run.poison):
+        body = json.dumps({**good(f"p{i}"), "LIMIT_BAL": POISON_LIMIT_BAL}).encode()
+        messages.append((body, "application/json", f"poison-{i}"))
+    rng.shuffle(messages)
+    return messages, reasons, expected_ids
+
+
+def _publish_all(settings: Settings, messages: list[tuple[bytes, str | None, str]]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        Topology.from_settings(settings).declare(channel)
+        channel.confirm_delivery()
+        for body, content_type, message_id in messages:
+            channel.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                body,
+                pika.BasicProperties(
+                    content_type=content_type, delivery_mode=2, message_id=message_id
+                ),
+            )
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("run", CASES)
+def test_bad_input_and_a_failing_message_are_quarantined_under_load(
+    run: PoisonRun,
+    pg_settings: Callable[..., Settings],
+    request: pytest.FixtureRequest,
+) -> None:
+    settings = pg_settings(delivery_limit=run.delivery_limit, max_body_bytes=4096)
+    messages, reasons, expected_ids = _messages(run, random.Random(7))
+    scorer = FailsOnRecord(OnnxScorer.from_settings(settings), poison_limit_bal=POISON_LIMIT_BAL)
+    store = ResultsStore.from_settings(settings)
+    consumer = Consumer(settings, scorer, store)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        wait_until(lambda: consumer.health.broker_connected, timeout=20, message="consumer up")
+        _publish_all(settings, messages)
+        expected_dead = sum(reasons.values()) + run.poison
+        dead = drain_dead_letters(settings, expected=expected_dead, timeout=300)
+        wait_until(
+            lambda: count_rows(settings) >= len(expected_ids),
+            timeout=300,
+            interval=0.5,
+            message="every good record stored",
+        )
+        time.sleep(1.0)
+        alive, ready = thread.is_alive(), consumer.health.ready
+    finally:
+        consumer.request_stop()
+        thread.join(timeout=60)
+        store.dispose()
+
+    by_broker = [(h, b) for h, b in dead if REASON_HEADER not in h]
+    by_consumer = Counter(h[REASON_HEADER] for h, _ in dead if REASON_HEADER in h)
+    stored = [record_id for _, record_id, _ in stored_rows(settings)]
+    failures = consumer.metrics.scoring_failures._value.get()
+    record_run(
+        "poison",
+        request.node.callspec.id,
+        messages=len(messages),
+        good_records=len(expected_ids),
+        dead_lettered_with_reason=sum(by_consumer.values()),
+        dead_lettered_at_delivery_limit=len(by_broker),
+        delivery_limit=run.delivery_limit,
+        scoring_failures=failures,
+        stored=len(stored),
+        lost=len(expected_ids - set(stored)),
+        duplicated=len(stored) - len(set(stored)),
+        seconds=round(time.monotonic() - started, 1),
+    )
+    assert alive and ready, "the consumer survived everything and is still ready"
+    assert by_consumer == reasons, "each bad record dead-lettered once, with its reason"
+    assert sorted(json.loads(b)["ID"] for _, b in by_broker) == sorted(
+        f"p{i}" for i in range(run.poison)
+    )
+    assert all(h["x-death"][0]["reason"] == "delivery_limit" for h, _ in by_broker)
+    # Delivered once plus `delivery_limit` redeliveries, then the broker dead-letters it.
+    assert failures == run.poison * (run.delivery_limit + 1), "no endless loop"
+    assert sorted(stored) == sorted(expected_ids), "every good record exactly once"
