@@ -15,7 +15,7 @@ MGMT_LOCAL_PORT ?= 15672
 
 ##@ Demo
 .PHONY: demo
-demo: $(STAMP) ## Whole platform on this machine: burst/pause/burst, local KEDA rule, run folder in runs/
+demo: $(STAMP) ## Whole platform on this machine: 2 bursts at 500 records/s, local KEDA rule, run folder in runs/ (~2.5 min)
 	$(BIN)/creditstream demo --runs-dir $(RUNS_DIR) $(DEMO_ARGS)
 
 .PHONY: demo-quick

@@ -1,8 +1,14 @@
 """The timeline of a scaling run: one CSV format and one PNG plot for the demo and for observe.
 
 A row is one sample: queue depth (and where it was read), desired and running replicas,
-throughput, latency, dead-lettered records and a free-form phase label. Empty cells mean "not
-measured" (e.g. latency from a cluster), never zero.
+throughput, latency, dead-lettered records, a free-form phase label and the live ready count.
+Empty cells mean "not measured" (e.g. latency from a cluster), never zero.
+
+Two depths, on purpose: `queue_depth` is the trigger metric KEDA reads (over `http` the
+management API's ready + unacked, which RabbitMQ refreshes only every
+`collect_statistics_interval`, 5 s by default), `ready_live` is the ready count of an AMQP
+passive declare taken at the same moment (exact, but blind to unacked messages). The plot draws
+both, so the lag of what the autoscaler sees is visible instead of being mistaken for a backlog.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class TimelineRow:
     dead_lettered: int | None = None
     scored_total: int | None = None
     phase: str = ""
+    ready_live: int | None = None
 
 
 TIMELINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TimelineRow))
@@ -39,6 +49,7 @@ _INT_FIELDS = {
     "running_replicas",
     "dead_lettered",
     "scored_total",
+    "ready_live",
 }
 _FLOAT_FIELDS = {"t_s", "records_per_s", "p50_ms", "p99_ms"}
 
@@ -113,6 +124,7 @@ class TimelineStats:
     final_running: int | None
     scaled_above_one: bool
     returned_to_zero: bool
+    peak_ready_live: int | None = None
 
 
 def summarize_timeline(rows: Sequence[TimelineRow]) -> TimelineStats:
@@ -131,11 +143,28 @@ def summarize_timeline(rows: Sequence[TimelineRow]) -> TimelineStats:
         final_running=running[-1] if running else None,
         scaled_above_one=peak_running > 1,
         returned_to_zero=peak_running > 0 and bool(after_peak) and after_peak[-1] == 0,
+        peak_ready_live=max((r.ready_live for r in rows if r.ready_live is not None), default=None),
     )
 
 
 def _series(rows: Iterable[TimelineRow], name: str) -> list[float]:
     return [math.nan if getattr(r, name) is None else float(getattr(r, name)) for r in rows]
+
+
+# NOTE: what each source counts, in the words of KEDA's RabbitMQ scaler (`protocol`).
+DEPTH_SOURCE_LABELS: dict[str, str] = {
+    "management-api": "ready+unacked, management API (what KEDA http sees; refreshed every ~5 s)",
+    "amqp-passive-declare": "ready, AMQP passive declare (what KEDA amqp sees)",
+    "hpa-external-metric": "HPA external metric (what KEDA reported)",
+}
+
+
+def depth_label(sources: Iterable[str]) -> str:
+    """Legend text of the trigger-metric line for the sources seen in a timeline."""
+    names = sorted({source for source in sources if source})
+    if not names:
+        return "queue depth (source unknown)"
+    return " / ".join(DEPTH_SOURCE_LABELS.get(name, f"queue depth ({name})") for name in names)
 
 
 def _phase_spans(rows: Sequence[TimelineRow]) -> list[tuple[str, float, float]]:
@@ -151,7 +180,22 @@ def _phase_spans(rows: Sequence[TimelineRow]) -> list[tuple[str, float, float]]:
 def plot_timeline(
     rows: Sequence[TimelineRow], path: Path, *, title: str, subtitle: str = ""
 ) -> Path:
-    """Queue depth and records/s (second axis) above, desired vs running replicas below."""
+    """Write the timeline figure as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = timeline_figure(rows, title=title, subtitle=subtitle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def timeline_figure(rows: Sequence[TimelineRow], *, title: str, subtitle: str = "") -> Figure:
+    """Depths and records/s (second axis) above, desired vs running replicas below.
+
+    The live ready count is a filled area, the trigger metric a step line: it holds each
+    management-API reading until the broker refreshes its statistics.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,25 +207,37 @@ def plot_timeline(
     fig, (ax_depth, ax_replicas) = plt.subplots(
         2, 1, sharex=True, figsize=(10, 6.5), height_ratios=(3, 2), constrained_layout=True
     )
-    sources = sorted({r.depth_source for r in rows if r.depth_source})
-    ax_depth.fill_between(
+    if any(r.ready_live is not None for r in rows):
+        ax_depth.fill_between(
+            t,
+            _series(rows, "ready_live"),
+            step="post",
+            alpha=0.35,
+            color="tab:blue",
+            lw=0,
+            label="ready (live, AMQP passive declare every sample)",
+        )
+    ax_depth.step(
         t,
         _series(rows, "queue_depth"),
-        step="post",
-        alpha=0.35,
-        color="tab:blue",
-        label=f"queue depth ({', '.join(sources) or '?'})",
+        where="post",
+        color="midnightblue",
+        lw=1.6,
+        label=depth_label(r.depth_source for r in rows),
     )
     ax_depth.set_ylabel("messages in queue")
     ax_depth.set_ylim(bottom=0)
     ax_rate = ax_depth.twinx()
     ax_rate.plot(
-        t, _series(rows, "records_per_s"), color="tab:green", lw=1.4, label="records scored / s"
+        t, _series(rows, "records_per_s"), color="tab:green", lw=1.2, label="records scored / s"
     )
-    ax_rate.set_ylabel("records / s")
+    ax_rate.set_ylabel("records scored / s")
     ax_rate.set_ylim(bottom=0)
     handles = ax_depth.get_legend_handles_labels()[0] + ax_rate.get_legend_handles_labels()[0]
-    ax_depth.legend(handles=handles, loc="upper center", fontsize=8)
+    # NOTE: above the axes, so it never hides a burst whatever the load profile.
+    ax_depth.legend(
+        handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=8, frameon=False
+    )
 
     ax_replicas.step(
         t,
@@ -202,12 +258,16 @@ def plot_timeline(
     )
     ax_replicas.set_ylabel("consumer replicas")
     ax_replicas.set_xlabel("seconds since start")
-    ax_replicas.set_ylim(bottom=0)
+    peak = max(
+        (v for r in rows for v in (r.desired_replicas, r.running_replicas) if v is not None),
+        default=0,
+    )
+    ax_replicas.set_ylim(0, peak * 1.25 + 1)  # headroom for the legend
     ax_replicas.yaxis.get_major_locator().set_params(integer=True)
-    ax_replicas.legend(loc="upper right", fontsize=8)
+    ax_replicas.legend(loc="upper left", fontsize=8, ncol=2, frameon=False)
     for ax in (ax_depth, ax_replicas):
         ax.grid(alpha=0.3)
-    for index, (phase, start, end) in enumerate(_phase_spans(rows)):
+    for phase, start, end in _phase_spans(rows):
         if "burst" in phase:
             for ax in (ax_depth, ax_replicas):
                 ax.axvspan(start, end, color="0.85", alpha=0.5, lw=0)
@@ -215,13 +275,10 @@ def plot_timeline(
                 phase,
                 xy=(start, 1.0),
                 xycoords=("data", "axes fraction"),
-                xytext=(2, -12 - 10 * (index % 2)),
+                xytext=(2, -12),
                 textcoords="offset points",
                 fontsize=8,
                 color="0.3",
             )
     fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

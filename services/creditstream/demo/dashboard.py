@@ -29,6 +29,7 @@ class DashboardState:
     p99_ms: float | None
     dead_lettered: int | None
     last_decision: str
+    ready_live: int | None = None
 
 
 def _ms(value: float | None) -> str:
@@ -44,6 +45,8 @@ def render(state: DashboardState, recent_events: Sequence[str], header: str) -> 
     bar = "█" * min(40, (state.queue_depth or 0) // 500)
     table.add_row("elapsed", f"{state.elapsed_s:6.1f} s   phase: [cyan]{state.phase}[/]")
     table.add_row("queue depth", f"{depth}  [dim]({state.depth_source or 'n/a'})[/] [blue]{bar}[/]")
+    ready = "-" if state.ready_live is None else f"{state.ready_live:,}"
+    table.add_row("ready now", f"{ready}  [dim](AMQP passive declare; not what the rule reads)[/]")
     replicas = "●" * state.running + "○" * max(0, state.desired - state.running)
     table.add_row(
         "replicas",
@@ -70,9 +73,10 @@ def render(state: DashboardState, recent_events: Sequence[str], header: str) -> 
 def plain_line(state: DashboardState) -> str:
     """The same state as one log line (when stdout is not a terminal)."""
     depth = "-" if state.queue_depth is None else str(state.queue_depth)
+    ready = "-" if state.ready_live is None else str(state.ready_live)
     rate = "-" if state.records_per_s is None else f"{state.records_per_s:.0f}"
     return (
-        f"t={state.elapsed_s:6.1f}s phase={state.phase:<10} depth={depth:>6} "
+        f"t={state.elapsed_s:6.1f}s phase={state.phase:<10} depth={depth:>6} ready={ready:>6} "
         f"desired={state.desired} running={state.running} draining={state.draining} "
         f"rec/s={rate:>6} scored={state.scored}/{state.produced} "
         f"p50={_ms(state.p50_ms)} p99={_ms(state.p99_ms)} dlq={state.dead_lettered}"

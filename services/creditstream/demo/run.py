@@ -4,6 +4,11 @@ Isolation: every run declares its own exchange and queues, named `creditstream.d
 and deletes them at the end (also on Ctrl-C), so leftovers of other runs cannot leak in and
 nothing of this run lingers. Children run in their own session: Ctrl-C reaches only the demo,
 which then SIGTERMs the consumers (they drain) and the producers.
+
+Load: each burst is published at a fixed rate that one consumer cannot keep up with, so the
+backlog builds, the rule adds replicas step by step, the replicas catch up and drain it, and
+the rule steps back down to zero. With the real data set the two bursts are consecutive row
+ranges (rows 1-15,000, then 15,001-30,000), so every record is scored exactly once.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +35,9 @@ from rich.console import Console
 from rich.live import Live
 
 from creditstream.autoscale.queue_depth import (
+    AMQP_SOURCE,
     FallbackDepthReader,
+    ManagementApiReader,
     PassiveDeclareReader,
     QueueDepth,
     QueueDepthError,
@@ -60,14 +68,25 @@ log = logging.getLogger(__name__)
 CHART_VALUES: Final = REPO_ROOT / "charts" / "creditstream" / "values.yaml"
 E2E_HISTOGRAM: Final = "creditstream_end_to_end_seconds"
 
-# NOTE: the chart's cooldown (60 s) and scale-down window (60 s) would stretch the demo past
-# 5 minutes; these are layered on the chart values like `helm --set` and printed at start.
+# NOTE: layered on the chart values like `helm --set` and printed at start. The chart's cooldown
+# (60 s) and scale-down window (60 s) would stretch the demo past 5 minutes. The consumer commits
+# every batch durably (SQLite synchronous=FULL: one fsync per batch), so records/s per process
+# is about batch size x commits/s: with the chart's batchSize 256 / prefetch 1024 one process
+# scores ~1,700 records/s on a 2-core laptop and a 15,000-record burst is gone before the rule
+# has polled twice; with 4 / 4 one process scores ~300 records/s and more replicas add
+# throughput (~500/s with 2, ~850/s with 4, measured here), so a 500 records/s producer
+# outruns one replica and scaling out is what catches up.
 DEMO_OVERRIDES: Final[Mapping[str, Any]] = {
+    "consumer": {"batchSize": 4, "prefetch": 4},
     "autoscaling": {
         "cooldownPeriod": 20,
         "behavior": {"scaleDown": {"stabilizationWindowSeconds": 15}},
-    }
+    },
 }
+# NOTE: between one replica's throughput and four replicas' (see DEMO_OVERRIDES), and low
+# enough that a 15,000-record burst lasts ~30 s.
+DEFAULT_BURST_RATE: Final = 500.0
+STATS_WAIT_S: Final = 15.0
 # NOTE: kube-controller-manager --horizontal-pod-autoscaler-sync-period (default 15 s).
 DEMO_HPA_SYNC_PERIOD_S: Final = 5.0
 
@@ -85,18 +104,83 @@ MANAGEMENT_MISSING_HELP: Final = (
 )
 
 
+def await_queue_statistics(
+    reader: ManagementApiReader, *, timeout_s: float, poll_s: float = 0.5
+) -> float | None:
+    """Seconds until the management API reports the queue's counts (None: not within timeout).
+
+    NOTE: a queue declared a moment ago has no `messages` yet (collect_statistics_interval,
+    5 s by default); starting the load only then keeps the trigger metric one source all along.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            reader.read()
+        except QueueDepthError:
+            if time.monotonic() - started >= timeout_s:
+                return None
+            time.sleep(poll_s)
+        else:
+            return time.monotonic() - started
+
+
 class DemoError(RuntimeError):
     """The demo cannot start (with a message that says what to do)."""
 
 
 @dataclass(frozen=True)
 class LoadProfile:
-    """Burst, pause, burst: enough to wake the consumers twice and scale them past one."""
+    """Burst, pause, burst at a fixed rate: wake the consumers twice and scale them past one."""
 
     first_burst: int = 15_000
     pause_s: float = 45.0
     second_burst: int = 15_000
-    rate: float | None = None
+    rate: float | None = None  # records/s per burst; None: DEFAULT_BURST_RATE
+
+    @property
+    def records_per_s(self) -> float:
+        """The producer's --rate for every burst."""
+        return self.rate or DEFAULT_BURST_RATE
+
+    @property
+    def bursts(self) -> list[int]:
+        """Records per burst, in order."""
+        return [n for n in (self.first_burst, self.second_burst) if n]
+
+
+@dataclass(frozen=True)
+class ConsumerKnobs:
+    """The consumer's micro-batching knobs, read from the chart's `consumer:` values."""
+
+    batch_size: int
+    batch_timeout_ms: int
+    prefetch: int
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> ConsumerKnobs:
+        """`consumer.batchSize`, `.batchTimeoutMs`, `.prefetch` (the chart passes them as env)."""
+        consumer = values.get("consumer") or {}
+        return cls(
+            batch_size=int(consumer["batchSize"]),
+            batch_timeout_ms=int(consumer["batchTimeoutMs"]),
+            prefetch=int(consumer["prefetch"]),
+        )
+
+    def describe(self) -> str:
+        """One line for the console."""
+        return (
+            f"batchSize={self.batch_size} batchTimeoutMs={self.batch_timeout_ms} "
+            f"prefetch={self.prefetch}"
+        )
+
+
+@dataclass(frozen=True)
+class DemoValues:
+    """The chart values as the demo uses them, and the override lines it prints."""
+
+    autoscaling: AutoscalingConfig
+    consumer: ConsumerKnobs
+    override_lines: list[str]
 
 
 @dataclass(frozen=True)
@@ -149,11 +233,15 @@ def choose_data(settings: Settings, *, allow_download: bool) -> DataChoice:
     return DataChoice("downloaded data set", path, f"downloaded UCI data at {path}")
 
 
-def demo_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
-    """Per-run exchange/queues and a per-run SQLite results store."""
+def demo_settings(
+    base: Settings, run_id: str, run_dir: Path, consumer: ConsumerKnobs | None = None
+) -> Settings:
+    """Per-run exchange/queues, a per-run SQLite results store, the chart's consumer knobs."""
     prefix = f"creditstream.demo.{run_id}"
+    knobs = {} if consumer is None else asdict(consumer)
     return base.model_copy(
         update={
+            **knobs,
             "requests_exchange": f"{prefix}.requests",
             "requests_queue": f"{prefix}.requests",
             "dead_letter_exchange": f"{prefix}.dead",
@@ -208,9 +296,7 @@ def delete_topology(settings: Settings) -> None:
             connection.close()
 
 
-def load_autoscaling(
-    overrides: list[Mapping[str, Any]], queue: str
-) -> tuple[AutoscalingConfig, list[str]]:
+def load_demo_values(overrides: list[Mapping[str, Any]], queue: str) -> DemoValues:
     """Chart values + demo overrides + --set overrides; the printed override lines."""
     values = load_chart_values(CHART_VALUES)
     lines = []
@@ -223,7 +309,51 @@ def load_autoscaling(
         f"{DEMO_HPA_SYNC_PERIOD_S:g}s"
     )
     lines.append(f"consumer.queueName={queue}  (per-run queue)")
-    return with_queue(config, queue), lines
+    return DemoValues(with_queue(config, queue), ConsumerKnobs.from_values(values), lines)
+
+
+def burst_row_ranges(total_rows: int, bursts: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Consecutive [start, end) row ranges per burst, wrapping around past the last row.
+
+    Bursts that fit in the data set together get disjoint rows (each record scored once);
+    larger ones start over at row 0 (the producer gives the repeats new request ids).
+    """
+    if total_rows <= 0:
+        raise ValueError("the data set has no rows")
+    ranges: list[list[tuple[int, int]]] = []
+    start = 0
+    for records in bursts:
+        parts: list[tuple[int, int]] = []
+        left = records
+        while left > 0:
+            end = min(start + left, total_rows)
+            parts.append((start, end))
+            left -= end - start
+            start = end % total_rows
+        ranges.append(parts)
+    return ranges
+
+
+def describe_rows(parts: Sequence[tuple[int, int]]) -> str:
+    """`rows 15,001-30,000` (1-based, inclusive) for a burst's row ranges."""
+    return "rows " + " + ".join(f"{start + 1:,}-{end:,}" for start, end in parts)
+
+
+def write_burst_files(path: Path, bursts: Sequence[int], out_dir: Path) -> list[tuple[Path, str]]:
+    """One CSV per burst with its slice of the data set; (file, row description) per burst."""
+    from creditstream.data.dataset import load_dataset
+
+    frame = load_dataset(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for index, parts in enumerate(burst_row_ranges(len(frame), bursts), start=1):
+        target = out_dir / f"burst-{index}.csv"
+        slices = [frame.iloc[start:end] for start, end in parts]
+        slices[0].iloc[0:0].to_csv(target, index=False)
+        for piece in slices:
+            piece.to_csv(target, mode="a", header=False, index=False)
+        files.append((target, describe_rows(parts)))
+    return files
 
 
 @dataclass
@@ -232,48 +362,64 @@ class _Producer:
     records: int
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
+    started_at: float
+
+
+@dataclass(frozen=True)
+class Burst:
+    """One planned `creditstream produce` run."""
+
+    name: str
+    records: int
+    delay_s: float  # after the previous burst finished
+    data: Path | None  # None: --synthetic
+    rows: str = ""
+
+
+@dataclass(frozen=True)
+class FinishedBurst:
+    """A producer that exited."""
+
+    name: str
+    records: int
+    exit_code: int
+    seconds: float
 
 
 class LoadDriver:
-    """Runs the burst/pause/burst profile as `creditstream produce` subprocesses."""
+    """Runs the burst/pause/burst profile as `creditstream produce --rate R` subprocesses."""
 
     def __init__(
-        self, settings: Settings, profile: LoadProfile, data: DataChoice, run_dir: Path
+        self, settings: Settings, profile: LoadProfile, bursts: Sequence[Burst], run_dir: Path
     ) -> None:
         self.settings = settings
         self.profile = profile
-        self.data = data
         self.run_dir = run_dir
         self.started: float | None = None
         self.active: _Producer | None = None
-        self.finished: list[tuple[str, int, int]] = []  # (name, records, exit code)
-        self._plan = [("burst 1", profile.first_burst, 0.0)]
-        if profile.second_burst:
-            self._plan.append(("burst 2", profile.second_burst, profile.pause_s))
+        self.finished: list[FinishedBurst] = []
+        self._plan = list(bursts)
         self._next_at = 0.0
 
-    def _start(self, name: str, records: int) -> _Producer:
-        run_id = f"{self.settings.run_id}-{name.replace(' ', '')}"
+    def _start(self, burst: Burst, now: float) -> _Producer:
+        tag = burst.name.replace(" ", "")
         command = [
             sys.executable,
             "-m",
             "creditstream.cli",
             "produce",
             "--limit",
-            str(records),
+            str(burst.records),
             "--run-id",
-            run_id,
+            f"{self.settings.run_id}-{tag}",
+            "--rate",
+            f"{self.profile.records_per_s:g}",
             "--no-progress",
         ]
-        if self.data.path is None:
-            command.append("--synthetic")
-        else:
-            command += ["--data", str(self.data.path)]
-        if self.profile.rate:
-            command += ["--rate", str(self.profile.rate)]
+        command += ["--synthetic"] if burst.data is None else ["--data", str(burst.data)]
         env = dict(os.environ)
         env.update(settings_env(self.settings))
-        handle = (self.run_dir / f"producer-{name.replace(' ', '')}.log").open("ab")
+        handle = (self.run_dir / f"producer-{tag}.log").open("ab")
         popen = subprocess.Popen(
             command,
             env=env,
@@ -282,7 +428,7 @@ class LoadDriver:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        return _Producer(name, records, popen, handle)
+        return _Producer(burst.name, burst.records, popen, handle, now)
 
     def poll(self, now: float) -> str:
         """Advance the profile; return the current phase label."""
@@ -293,14 +439,17 @@ class LoadDriver:
             if code is None:
                 return self.active.name
             self.active.log.close()
-            self.finished.append((self.active.name, self.active.records, code))
+            self.finished.append(
+                FinishedBurst(
+                    self.active.name, self.active.records, code, now - self.active.started_at
+                )
+            )
             self.active = None
             if self._plan:
-                self._next_at = now + self._plan[0][2]
+                self._next_at = now + self._plan[0].delay_s
         if self._plan and now >= self._next_at:
-            name, records, _ = self._plan.pop(0)
-            self.active = self._start(name, records)
-            return name
+            self.active = self._start(self._plan.pop(0), now)
+            return self.active.name
         return "pause" if self._plan else "drain"
 
     @property
@@ -311,7 +460,7 @@ class LoadDriver:
     @property
     def produced(self) -> int:
         """Records confirmed by producers that exited 0."""
-        return sum(records for _, records, code in self.finished if code == 0)
+        return sum(b.records for b in self.finished if b.exit_code == 0)
 
     @property
     def sending(self) -> int:
@@ -367,9 +516,12 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
     run_id = started_wall.strftime("%Y%m%d-%H%M%S")
     run_dir = options.runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings = demo_settings(base, run_id, run_dir)
+    queue = demo_settings(base, run_id, run_dir).requests_queue
+    demo_values = load_demo_values(options.set_overrides, queue)
+    config, override_lines = demo_values.autoscaling, demo_values.override_lines
+    settings = demo_settings(base, run_id, run_dir, demo_values.consumer)
     data = choose_data(base, allow_download=options.allow_download)
-    config, override_lines = load_autoscaling(options.set_overrides, settings.requests_queue)
+    bursts = plan_bursts(options.profile, data, run_dir / "records")
 
     reader = depth_reader_for(
         amqp_url,
@@ -387,21 +539,27 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
         reader = FallbackDepthReader(None, reader.fallback)
     console.print(f"model      {base.model_path}")
     console.print(f"records    {data.note}")
-    console.print(
-        f"load       burst {options.profile.first_burst:,} -> pause "
-        f"{options.profile.pause_s:g} s -> burst {options.profile.second_burst:,}"
-    )
+    console.print("load       " + describe_load(options.profile, bursts))
     console.print(f"rule       chart values {CHART_VALUES.relative_to(REPO_ROOT)}")
     for line in config.describe():
         console.print(f"           {line}")
+    console.print(f"consumer   {demo_values.consumer.describe()}  (chart consumer.* + overrides)")
     console.print("overrides  " + "\n           ".join(override_lines))
     console.print(f"run folder {run_dir}   (bounded: at most {options.max_duration_s:g} s)")
 
     declare_topology(settings)
+    if reader.primary is not None:
+        waited = await_queue_statistics(reader.primary, timeout_s=STATS_WAIT_S)
+        console.print(
+            f"stats      management API counts the new queue after {waited:.1f} s"
+            if waited is not None
+            else f"[yellow]stats      no management statistics for the new queue after "
+            f"{STATS_WAIT_S:g} s: the AMQP ready count (labelled) stands in until they come[/]"
+        )
     dead_reader = PassiveDeclareReader(amqp_url, settings.dead_letter_queue)
     supervisor = Supervisor(settings, log_dir=run_dir / "consumers")
     scaler = KedaHpaAutoscaler(config, created_at=0.0)
-    load = LoadDriver(settings, options.profile, data, run_dir)
+    load = LoadDriver(settings, options.profile, bursts, run_dir)
     predictions = PredictionsReader(sqlite_path(settings.database_url.get_secret_value()))
     latency = HistogramAggregator()
     window: deque[tuple[float, Any]] = deque()
@@ -427,6 +585,7 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
                 phase = load.poll(t)
                 depth = _read_depth(reader)
                 metric = depth.messages if depth is not None else None
+                ready_live = _read_live_ready(reader, depth)
                 if metric is not None:
                     desired, decisions = scaler.step(t, metric, desired)
                     for d in decisions:
@@ -452,6 +611,7 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
                     phase=phase,
                     queue_depth=metric,
                     depth_source=depth.source if depth else "unavailable",
+                    ready_live=ready_live,
                     desired=desired,
                     running=supervisor.running,
                     draining=supervisor.draining,
@@ -476,6 +636,7 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
                         dead_lettered=dead,
                         scored_total=count,
                         phase=phase,
+                        ready_live=ready_live,
                     )
                 )
                 if live is not None:
@@ -507,6 +668,8 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
         reader.close()
         dead_reader.close()
         delete_topology(settings)
+        # NOTE: the burst files are copies of data-set rows; the run folder keeps no data.
+        shutil.rmtree(run_dir / "records", ignore_errors=True)
     elapsed = time.monotonic() - t0
     summary = _summarize(
         run_dir,
@@ -518,7 +681,7 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
         data,
         elapsed,
         config,
-        override_lines,
+        demo_values,
     )
     predictions.close()
     if writer.rows:
@@ -527,10 +690,11 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
             writer.rows,
             run_dir / "timeline.png",
             title=f"creditstream demo {run_id}: queue depth drives consumer replicas",
-            subtitle=f"{data.kind}; KEDA rule value={config.value:g}, "
-            f"max={config.max_replica_count}, cooldown="
-            f"{config.cooldown_period_s:g}s; peak {stats.peak_running} "
-            f"replicas, {summary['records_scored']:,} records",
+            subtitle=f"{data.kind}, {len(bursts)} x {_bursts_text(bursts)} records at "
+            f"{options.profile.records_per_s:g}/s; rule value={config.value:g}, "
+            f"max={config.max_replica_count}, cooldown={config.cooldown_period_s:g}s; "
+            f"consumer batch {demo_values.consumer.batch_size}; peak "
+            f"{stats.peak_running} replicas; {summary['records_scored']:,} records scored",
         )
     _print_summary(console, summary, run_dir)
     if interrupted:
@@ -561,6 +725,16 @@ def _read_depth(reader: FallbackDepthReader) -> QueueDepth | None:
         return reader.read()
     except QueueDepthError as exc:
         log.warning("queue depth unavailable: %s", exc)
+        return None
+
+
+def _read_live_ready(reader: FallbackDepthReader, depth: QueueDepth | None) -> int | None:
+    """The ready count right now (AMQP passive declare), beside the management API's reading."""
+    if depth is not None and depth.source == AMQP_SOURCE:
+        return depth.ready
+    try:
+        return reader.fallback.read().ready
+    except QueueDepthError:
         return None
 
 
@@ -597,7 +771,7 @@ def _summarize(
     data: DataChoice,
     elapsed: float,
     config: AutoscalingConfig,
-    override_lines: list[str],
+    demo_values: DemoValues,
 ) -> dict[str, Any]:
     counts = predictions.counts()
     stats = summarize_timeline(rows)
@@ -607,7 +781,16 @@ def _summarize(
     summary: dict[str, Any] = {
         "records_source": data.note,
         "records_produced": load.produced,
-        "producers": [{"burst": n, "records": r, "exit_code": c} for n, r, c in load.finished],
+        "producer_rate_records_per_s": load.profile.records_per_s,
+        "producers": [
+            {
+                "burst": b.name,
+                "records": b.records,
+                "exit_code": b.exit_code,
+                "seconds": round(b.seconds, 1),
+            }
+            for b in load.finished
+        ],
         "records_scored": counts.rows,
         "distinct_request_ids": counts.distinct_requests,
         "distinct_record_ids": counts.distinct_records,
@@ -636,6 +819,7 @@ def _summarize(
             ),
         },
         "peak_queue_depth": stats.peak_depth,
+        "peak_ready_live": stats.peak_ready_live,
         "peak_desired_replicas": stats.peak_desired,
         "peak_running_replicas": stats.peak_running,
         "scaled_above_one": stats.scaled_above_one,
@@ -644,7 +828,8 @@ def _summarize(
         "consumer_restarts_after_crash": supervisor.restarts,
         "consumer_exit_codes": sorted(set(supervisor.exit_codes)),
         "autoscaling": asdict(config),
-        "overrides": override_lines,
+        "consumer": asdict(demo_values.consumer),
+        "overrides": demo_values.override_lines,
     }
     if data.path is not None:
         auc = auc_against_labels(
@@ -674,7 +859,9 @@ def _print_summary(console: Console, summary: Mapping[str, Any], run_dir: Path) 
         f"overall (pauses included), peak {summary['rate_records_per_s_peak']} records/s",
         f"latency    publish->stored p50 {e2e['p50']} ms, p95 {e2e['p95']} ms, p99 {e2e['p99']} ms"
         f"; in-consumer p50 {proc.get('p50')} ms, p99 {proc.get('p99')} ms",
-        f"scaling    peak depth {summary['peak_queue_depth']:,}, peak replicas "
+        f"load       {_producers_text(summary)}",
+        f"scaling    peak depth {summary['peak_queue_depth']:,} (management API, ready+unacked; "
+        f"live AMQP ready peak {_count(summary['peak_ready_live'])}), peak replicas "
         f"{summary['peak_running_replicas']} (desired {summary['peak_desired_replicas']}), "
         f"back to 0: {summary['returned_to_zero']}",
     ]
@@ -693,6 +880,52 @@ def _print_summary(console: Console, summary: Mapping[str, Any], run_dir: Path) 
     (run_dir / "summary.md").write_text(
         "\n".join(f"- {_strip_markup(line)}" for line in lines) + "\n", encoding="utf-8"
     )
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _producers_text(summary: Mapping[str, Any]) -> str:
+    rate = summary["producer_rate_records_per_s"]
+    parts = [
+        f"{p['burst']} {p['records']:,} in {p['seconds']} s (exit {p['exit_code']})"
+        for p in summary["producers"]
+    ]
+    return f"producer --rate {rate:g}: " + ("; ".join(parts) or "no burst finished")
+
+
+def _bursts_text(bursts: Sequence[Burst]) -> str:
+    sizes = sorted({b.records for b in bursts})
+    return "/".join(f"{n:,}" for n in sizes)
+
+
+def plan_bursts(profile: LoadProfile, data: DataChoice, records_dir: Path) -> list[Burst]:
+    """The bursts of the profile; with a data file, each gets its own slice of the rows."""
+    sizes = profile.bursts
+    delays = [0.0] + [profile.pause_s] * (len(sizes) - 1)
+    names = [f"burst {i}" for i in range(1, len(sizes) + 1)]
+    if data.path is None:
+        return [
+            Burst(n, r, d, None, "synthetic") for n, r, d in zip(names, sizes, delays, strict=True)
+        ]
+    files = write_burst_files(data.path, sizes, records_dir)
+    return [
+        Burst(n, r, d, path, rows)
+        for n, r, d, (path, rows) in zip(names, sizes, delays, files, strict=True)
+    ]
+
+
+def describe_load(profile: LoadProfile, bursts: Sequence[Burst]) -> str:
+    """`burst 1: 15,000 (rows 1-15,000) at 500/s -> pause 45 s -> burst 2: ...`."""
+    parts = []
+    for index, burst in enumerate(bursts):
+        if index:
+            parts.append(f"pause {burst.delay_s:g} s")
+        parts.append(
+            f"{burst.name}: {burst.records:,} ({burst.rows}) at {profile.records_per_s:g}/s"
+        )
+    return " -> ".join(parts)
 
 
 def _strip_markup(text: str) -> str:

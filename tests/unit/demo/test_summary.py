@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from creditstream.autoscale.supervisor import settings_env
-from creditstream.demo.run import DEMO_OVERRIDES, choose_data, demo_settings, load_autoscaling
+from creditstream.demo.run import (
+    DEMO_OVERRIDES,
+    ConsumerKnobs,
+    choose_data,
+    demo_settings,
+    load_demo_values,
+)
 from creditstream.demo.summary import (
     PredictionsReader,
     auc_against_labels,
@@ -105,13 +111,35 @@ def test_demo_settings_isolate_the_run(tmp_path: Path) -> None:
     assert env["CREDITSTREAM_AMQP_URL"].startswith("amqp://")  # secret revealed to the child
 
 
+def test_demo_settings_hand_the_chart_consumer_knobs_to_the_consumers(tmp_path: Path) -> None:
+    knobs = ConsumerKnobs(batch_size=4, batch_timeout_ms=20, prefetch=8)
+    env = settings_env(demo_settings(Settings(), "20261128-000000", tmp_path, knobs))
+    assert (env["CREDITSTREAM_BATCH_SIZE"], env["CREDITSTREAM_PREFETCH"]) == ("4", "8")
+    assert env["CREDITSTREAM_BATCH_TIMEOUT_MS"] == "20"
+
+
 def test_autoscaling_is_chart_values_plus_printed_overrides() -> None:
-    config, lines = load_autoscaling([{"autoscaling": {"maxReplicaCount": 3}}], "q.demo")
+    values = load_demo_values([{"autoscaling": {"maxReplicaCount": 3}}], "q.demo")
+    config, lines = values.autoscaling, values.override_lines
     assert config.cooldown_period_s == DEMO_OVERRIDES["autoscaling"]["cooldownPeriod"]
     assert config.max_replica_count == 3
     assert config.queue_name == "q.demo"
     assert "autoscaling.cooldownPeriod=20" in lines
     assert "autoscaling.maxReplicaCount=3" in lines
+
+
+def test_consumer_knobs_are_chart_values_plus_printed_overrides() -> None:
+    demo = load_demo_values([], "q.demo")
+    expected = DEMO_OVERRIDES["consumer"]
+    assert (demo.consumer.batch_size, demo.consumer.prefetch) == (
+        expected["batchSize"],
+        expected["prefetch"],
+    )
+    assert f"consumer.batchSize={expected['batchSize']}" in demo.override_lines
+    assert f"consumer.prefetch={expected['prefetch']}" in demo.override_lines
+    own = load_demo_values([{"consumer": {"batchSize": 256, "prefetch": 1024}}], "q.demo")
+    assert (own.consumer.batch_size, own.consumer.prefetch) == (256, 1024)
+    assert "consumer.batchSize=256" in own.override_lines  # the user's --set printed too
 
 
 def test_choose_data_says_synthetic_when_nothing_is_available(tmp_path: Path) -> None:
