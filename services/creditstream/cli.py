@@ -328,7 +328,9 @@ def demo(
     ] = 15_000,
     rate: Annotated[
         float | None,
-        typer.Option(help="Producer records/s (default: as fast as confirms allow).", min=0.001),
+        typer.Option(
+            help="Records/s of each burst (default 500: faster than one replica drains).", min=0.001
+        ),
     ] = None,
     max_duration: Annotated[
         float,
@@ -340,8 +342,8 @@ def demo(
         list[str] | None,
         typer.Option(
             "--set",
-            help="Override a chart value for the local rule, e.g. "
-            "autoscaling.maxReplicaCount=4 (repeatable).",
+            help="Override a chart value (autoscaling.* for the local rule, consumer.* for the "
+            "consumers), e.g. autoscaling.maxReplicaCount=4 (repeatable).",
         ),
     ] = None,
     runs_dir: Annotated[
