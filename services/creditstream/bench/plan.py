@@ -51,9 +51,19 @@ class BenchPlan:
     # NOTE: scenarios not started within this many seconds are skipped (and said so in the
     # report), which keeps `make bench` under 10 minutes even on a loaded machine.
     time_budget_s: float | None = None
+    # NOTE: py-spy the consumer when a throughput target is missed (full mode only).
+    profile: bool = False
     # NOTE: same prefetch and batch size for creditstream and the ceiling (Settings defaults).
     prefetch: int = 1024
     batch_size: int = 256
+
+    def profile_cases(self) -> list[tuple[ConsumerCase, int]]:
+        """What to profile: one PostgreSQL consumer at 1 and at 100 records/message, and how
+        many records (capped: the profiled drain is extra time)."""
+        chosen = [c for c in self.consumer_cases if c.processes == 1 and c.store == "postgresql"]
+        return [
+            (c, min(c.records, 20_000 if c.records_per_message == 1 else 100_000)) for c in chosen
+        ]
 
     @property
     def cold_start_case(self) -> ConsumerCase:
@@ -102,4 +112,5 @@ def build_plan(*, quick: bool) -> BenchPlan:
         latency_warmup=200,
         drain_timeout_s=45.0,
         time_budget_s=480.0,
+        profile=True,
     )

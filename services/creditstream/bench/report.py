@@ -404,6 +404,23 @@ def render_markdown(report: Mapping[str, Any], *, reproduce: str) -> str:
     lines += _table(THROUGHPUT_HEADER, throughput_rows(report))
     lines += ["", "## Request/reply latency (open loop)", ""]
     lines += _table(LATENCY_HEADER, latency_rows(report))
+    profiles = [p for p in report.get("profiles", []) if p.get("samples")]
+    if profiles:
+        lines += [
+            "",
+            "## Profile (py-spy, serving loop only; run because a throughput target was missed)",
+        ]
+        for profile in profiles:
+            lines += ["", f"### {profile['label']}", "", f"{profile['samples']:,} samples.", ""]
+            lines += _table(
+                ["where the time goes (innermost known frame)", "% of samples"],
+                [[name, f"{share:.1f}"] for name, share in profile["concerns"]],
+            )
+            lines += [""]
+            lines += _table(
+                ["heaviest frames (inclusive)", "% of samples"],
+                [[f"`{name}`", f"{share:.1f}"] for name, share in profile["inclusive"][:8]],
+            )
     lines += ["", "## Method", ""]
     lines += [f"- {item}" for item in report.get("method", [])]
     notes = report.get("notes", [])

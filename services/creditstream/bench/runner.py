@@ -498,6 +498,32 @@ def run_latency(ctx: BenchContext) -> list[dict[str, Any]]:
     return results
 
 
+def run_profile(ctx: BenchContext, case: ConsumerCase, records: int) -> dict[str, Any]:
+    """Drain a pre-filled queue with one consumer under py-spy (untimed); where time goes."""
+    from creditstream.bench.profile import py_spy, run_profiled
+
+    binary = py_spy()
+    if binary is None:
+        return {"label": case.label, "skipped": "py-spy not installed (dev extra)"}
+    name = f"prof{case.store[:2]}{case.records_per_message}"
+    with isolated(ctx.base, name, case.store, ctx.work_dir, ctx.pg_url) as settings:
+        produce(ctx, settings, records, case.records_per_message)
+        summary = run_profiled(
+            binary,
+            ctx.work_dir / f"{settings.run_id}.pyspy.txt",
+            [*_cli(), "consume", "--exit-when-idle", "2", "--http-port", "0"],
+            _env(settings, CREDITSTREAM_LOG_FORMAT="json"),
+            ctx.work_dir / f"{settings.run_id}.pyspy.log",
+            timeout=ctx.plan.drain_timeout_s + 90,
+        )
+        stored = _count_rows(settings)
+    return {
+        "label": f"{case.label} ({records:,} records, py-spy 100 Hz)",
+        "records": stored,
+        **summary,
+    }
+
+
 # --- the run --------------------------------------------------------------------------------
 def method_lines(plan: BenchPlan) -> list[str]:
     """How each figure was obtained (goes into the report)."""
@@ -626,6 +652,19 @@ def run_bench(
         | ({"error": outcome.get("error", "not run")} if not outcome.get("skipped") else {})
         for r in plan.latency_rates
     ]
+    missed = [
+        c.name
+        for c in bench_report.evaluate_targets(result)
+        if c.met is False and c.unit == "rec/s" and "consumer" in c.name
+    ]
+    result["profiles"] = []
+    if missed and plan.profile:
+        ctx.notes.append("profiled because these targets were missed: " + "; ".join(missed))
+        for case, records in plan.profile_cases():
+            profile = _attempt(
+                ctx, f"profile: {case.label}", functools.partial(run_profile, ctx, case, records)
+            )
+            result["profiles"].append(profile)
     for case in (c for c in cases if c.processes > 1):
         result["throughput"][case.key] = _attempt(
             ctx, case.label, functools.partial(run_consumer_case, ctx, case)
