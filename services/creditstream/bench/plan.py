@@ -111,6 +111,6 @@ def build_plan(*, quick: bool) -> BenchPlan:
         latency_duration_s=10.0,
         latency_warmup=200,
         drain_timeout_s=45.0,
-        time_budget_s=480.0,
+        time_budget_s=420.0,
         profile=True,
     )

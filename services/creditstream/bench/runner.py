@@ -514,7 +514,7 @@ def run_profile(ctx: BenchContext, case: ConsumerCase, records: int) -> dict[str
             [*_cli(), "consume", "--exit-when-idle", "2", "--http-port", "0"],
             _env(settings, CREDITSTREAM_LOG_FORMAT="json"),
             ctx.work_dir / f"{settings.run_id}.pyspy.log",
-            timeout=ctx.plan.drain_timeout_s + 90,
+            timeout=ctx.plan.drain_timeout_s + 30,
         )
         stored = _count_rows(settings)
     return {
