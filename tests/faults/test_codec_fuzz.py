@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from creditstream.codec import RejectReason, decode_request
 from creditstream.contract import FEATURE_SPECS, FEATURES, ID_FIELD, ID_MAX_LENGTH
 from creditstream.contract import record_json_schema as _record_schema
+from tests.faults.ledger import record_run
 
 pytestmark = pytest.mark.faults
 
@@ -204,12 +205,15 @@ VARIANTS = [
 
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("per_kind", VARIANTS)
-def test_fuzzed_bodies_never_raise_and_valid_records_pass_unchanged(per_kind: int) -> None:
+def test_fuzzed_bodies_never_raise_and_valid_records_pass_unchanged(
+    per_kind: int, request: pytest.FixtureRequest
+) -> None:
     seen = {
         "valid": _run(check_valid, st.lists(VALID_RECORDS, min_size=1, max_size=3), per_kind),
-        "near-valid": _run(check_near_valid, near_valid_records(), per_kind),
+        "near_valid": _run(check_near_valid, near_valid_records(), per_kind),
         "garbage": _run(check_garbage, GARBAGE, per_kind),
     }
+    record_run("fuzz", request.node.callspec.id, bodies=sum(seen.values()), **seen)
     assert sum(seen.values()) >= 5_000, seen
     assert all(count >= per_kind for count in seen.values()), seen
 

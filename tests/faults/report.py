@@ -1,0 +1,120 @@
+"""Render the figures the fault tests measured (.cache/reliability/*.json) into
+docs/reliability.md, between the `figures` markers. Run: `make reliability-report`."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+
+from creditstream.settings import REPO_ROOT
+from tests.faults.ledger import LEDGER_DIR, load_runs
+
+DOC = REPO_ROOT / "docs" / "reliability.md"
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def _faults(run: dict[str, Any]) -> str:
+    test = run["test"]
+    if test == "consumer-sigkill":
+        return f"{run['kills']} × SIGKILL of a consumer (of {run['consumers']}), restarted"
+    if test == "broker-connection-loss":
+        return (
+            f"{run['connection_cuts']} cuts, {run['connections_closed']} connections closed; "
+            f"reconnects: producer {run['producer_reconnects']}, consumers "
+            f"{', '.join(str(int(r)) for r in run['consumer_reconnects'])}"
+        )
+    if test == "database-outage":
+        return (
+            f"database refused connections for {run['outage_seconds']} s "
+            f"({run['sessions_terminated']} sessions cut); store errors per consumer "
+            f"{', '.join(str(int(e)) for e in run['store_errors_per_consumer'])}; acked meanwhile "
+            f"{int(sum(run['acked_during_outage']))}"
+        )
+    if test == "poison":
+        return (
+            f"{run['dead_lettered_with_reason']} bad records + "
+            f"{run['dead_lettered_at_delivery_limit']} messages failing scoring "
+            f"({int(run['scoring_failures'])} failures, delivery limit {run['delivery_limit']})"
+        )
+    if test == "backpressure":
+        peaks = ", ".join(f"{k} {v} MiB" for k, v in sorted(run["peak_rss_mib"].items()))
+        return (
+            f"memory alarm (connection.blocked: {run['blocked_notice']}); backlog "
+            f"{run['backlog_messages']:,}; peak RSS {peaks} (budget {run['memory_budget_mib']} MiB)"
+        )
+    if test == "security-credentials":
+        return (
+            f"{run['secrets_searched']} secrets searched in {run['log_bytes_scanned']:,} bytes "
+            f"of logs; found {run['leaked']}"
+        )
+    if test == "security-tls":
+        return f"{run['tls_sessions']} TLS sessions through a private-CA proxy"
+    if test == "fuzz":
+        return (
+            f"{run['bodies']:,} generated bodies ({run['valid']:,} valid, "
+            f"{run['near_valid']:,} near-valid, {run['garbage']:,} garbage); none raised"
+        )
+    return ", ".join(f"{k}={v}" for k, v in run.items() if k not in {"test", "variant"})
+
+
+def _recognised(run: dict[str, Any]) -> str:
+    parts = []
+    if "redelivered_messages_seen" in run:
+        parts.append(f"{int(run['redelivered_messages_seen']):,} redelivered")
+    if "duplicate_records_skipped" in run:
+        parts.append(f"{int(run['duplicate_records_skipped']):,} duplicates skipped")
+    if "producer_republished" in run:
+        parts.append(f"{run['producer_republished']:,} republished")
+    return "; ".join(parts) or "–"
+
+
+def _cell(run: dict[str, Any], key: str) -> str:
+    value = run.get(key)
+    return "–" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def render(runs: list[dict[str, Any]]) -> str:
+    """The markdown table of every recorded run."""
+    if not runs:
+        return f"_No recorded runs yet: run `make test-faults` (figures go to {LEDGER_DIR})._"
+    lines = [
+        "| Test | Variant | Records | Faults injected | Recognised | Dead-lettered | Lost | "
+        "Duplicated | Finished (UTC), commit |",
+        "|---|---|---:|---|---|---:|---:|---:|---|",
+    ]
+    for run in runs:
+        dead = run.get("dead_lettered_with_reason", 0) + run.get(
+            "dead_lettered_at_delivery_limit", 0
+        )
+        records = run.get("records", run.get("good_records"))
+        lines.append(
+            f"| {run['test']} | {run['variant']} | {_cell({'r': records}, 'r')} | {_faults(run)} "
+            f"| {_recognised(run)} | {dead:,} | {_cell(run, 'lost')} | "
+            f"{_cell(run, 'duplicated')} | {run['finished_at']}, `{run['commit']}` |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the figures block of docs/reliability.md (or --check that it is current)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--print", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    table = render(load_runs())
+    if args.print:
+        print(table)
+        return 0
+    text = DOC.read_text()
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        print(f"{DOC}: markers {START} … {END} not found", file=sys.stderr)
+        return 1
+    DOC.write_text(pattern.sub(lambda _m: f"{START}\n{table}\n{END}", text))
+    print(f"wrote {len(load_runs())} runs into {DOC.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
