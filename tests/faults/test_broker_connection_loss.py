@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ CASES = [
 ]
 
 
-def _components(connections: dict[object, str]) -> dict[str, int]:
+def _components(connections: Mapping[Any, str]) -> dict[str, int]:
     """{component: connections} from client-provided names `creditstream-<component>:<queue>`."""
     return dict(Counter(name.split(":")[0] for name in connections.values()))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -38,6 +39,10 @@ CASES = [
 ]
 
 
+def _rows_at_least(settings: Settings, rows: int) -> bool:
+    return count_rows(settings) >= rows
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("run", CASES)
 def test_sigkilled_consumers_lose_nothing_and_store_nothing_twice(
@@ -60,7 +65,7 @@ def test_sigkilled_consumers_lose_nothing_and_store_nothing_twice(
     )
     for threshold in kill_at:
         wait_until(
-            lambda t=threshold: count_rows(settings) >= t,
+            functools.partial(_rows_at_least, settings, threshold),
             timeout=300,
             interval=0.05,
             message=f"{threshold} rows before the next kill",

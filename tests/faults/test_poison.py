@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import pika
 import pytest
@@ -68,7 +69,7 @@ def _messages(
         expected_ids.add(f"g{i}")
     for copy in range(run.copies_of_each_bad_kind):
         for param in BAD_BODIES:
-            body, content_type, reason = param.values
+            body, content_type, reason = cast(tuple[bytes, str | None, str], param.values)
             messages.append((body, content_type, f"bad-{param.id}-{copy}"))
             reasons[reason] += 1
     for i in range(run.mixed_batches):

@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -204,7 +205,7 @@ def test_amqps_with_a_private_ca_end_to_end(
 RENDERED = REPO_ROOT / "k8s" / "rendered"
 
 
-def _rendered_objects() -> list[dict[str, object]]:
+def _rendered_objects() -> list[dict[str, Any]]:
     if not RENDERED.is_dir():
         pytest.skip(f"{RENDERED} not found (rendered by `make lint`)")
     docs = []
@@ -218,21 +219,17 @@ def test_management_ui_is_not_exposed_outside_the_cluster_by_default() -> None:
     kinds = {d["kind"] for d in docs}
     assert not kinds & {"Ingress", "Route", "Gateway", "HTTPRoute"}, kinds
     services = [d for d in docs if d["kind"] == "Service"]
-    exposing = [
-        s
-        for s in services
-        if any(p["port"] == 15672 for p in s["spec"].get("ports", []))  # type: ignore[index, union-attr]
-    ]
+    exposing = [s for s in services if any(p["port"] == 15672 for p in s["spec"].get("ports", []))]
     assert exposing, "the management port is rendered (KEDA's http protocol needs it)"
     for service in services:
-        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]  # type: ignore[union-attr]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]
     policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
     broker_policy = next(
         p for p in policies
-        if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == "broker"  # type: ignore[index]
+        if p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == "broker"
     )  # fmt: skip
     management_rules = [
-        rule for rule in broker_policy["spec"]["ingress"]  # type: ignore[index]
+        rule for rule in broker_policy["spec"]["ingress"]
         if any(port.get("port") in ("management", 15672) for port in rule.get("ports", []))
     ]  # fmt: skip
     assert management_rules, "management ingress is governed by an explicit rule"
