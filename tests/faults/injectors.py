@@ -14,8 +14,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -56,11 +56,7 @@ def rabbitmqctl(*args: str, timeout: float = 60) -> str:
 
 
 # --- broker connections -------------------------------------------------------------------
-def _connection_name(client_properties: list[list[object]]) -> str:
-    for key, _kind, value in client_properties:
-        if key == "connection_name":
-            return str(value)
-    return ""
+_CONNECTION_NAME = re.compile(r'\{"connection_name","([^"]*)"\}')
 
 
 def _management() -> requests.Session | None:
@@ -102,13 +98,14 @@ def connections_of(queue: str) -> dict[str, str]:
             if name.startswith("creditstream-") and name.endswith(f":{queue}"):
                 found[f"api:{row['name']}"] = name
         return found
-    rows = json.loads(
-        rabbitmqctl("list_connections", "pid", "client_properties", "--formatter", "json") or "[]"
-    )
-    for row in rows:
-        name = _connection_name(row.get("client_properties") or [])
+    # NOTE: the tab-separated listing prints pids in the form close_connection accepts
+    # (<rabbit@host.N.N.N>); the JSON formatter's #PID<N.N.N> is not accepted back.
+    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines():
+        pid, _, properties = line.partition("\t")
+        match = _CONNECTION_NAME.search(properties)
+        name = match.group(1) if match else ""
         if name.startswith("creditstream-") and name.endswith(f":{queue}"):
-            found[row["pid"].removeprefix("#PID")] = name
+            found[pid] = name
     return found
 
 
