@@ -51,6 +51,11 @@ def _faults(run: dict[str, Any]) -> str:
         )
     if test == "security-tls":
         return f"{run['tls_sessions']} TLS sessions through a private-CA proxy"
+    if test == "fuzz-through-consumer":
+        return (
+            f"{run['messages']:,} fuzzed bodies into a `creditstream consume` process; "
+            f"{len(run['reasons'])} reject reasons, as the codec predicted"
+        )
     if test == "fuzz":
         return (
             f"{run['bodies']:,} generated bodies ({run['valid']:,} valid, "

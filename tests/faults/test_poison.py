@@ -20,14 +20,16 @@ from typing import cast
 import pika
 import pytest
 
-from creditstream.codec import RejectReason
+from creditstream.codec import RejectReason, decode_request
 from creditstream.consumer import Consumer
 from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
+from tests.faults.fleet import Fleet
 from tests.faults.ledger import record_run
-from tests.helpers import AMQP_URL, count_rows, stored_rows, wait_until
+from tests.faults.test_codec_fuzz import record_from_seed
+from tests.helpers import AMQP_URL, Processes, count_rows, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import (
     BAD_BODIES,
     FailsOnRecord,
@@ -163,3 +165,91 @@ def test_bad_input_and_a_failing_message_are_quarantined_under_load(
     # Delivered once plus `delivery_limit` redeliveries, then the broker dead-letters it.
     assert failures == run.poison * (run.delivery_limit + 1), "no endless loop"
     assert sorted(stored) == sorted(expected_ids), "every good record exactly once"
+
+
+def _fuzzed_bodies(count: int, seed: int) -> list[tuple[bytes, str | None]]:
+    """Garbage, near-valid and valid bodies of every shape, reproducible from the seed."""
+    rng = random.Random(seed)
+    valid = json.dumps(good("v")).encode()
+    bodies: list[tuple[bytes, str | None]] = []
+    for i in range(count):
+        kind = i % 8
+        record = record_from_seed(rng.getrandbits(64))
+        if kind == 0:
+            body = rng.randbytes(rng.randint(0, 600))
+        elif kind == 1:
+            body = valid[: rng.randint(0, len(valid) - 1)]  # truncated JSON
+        elif kind == 2:
+            depth = rng.choice([10, 1_000, 100_000])  # deep nesting: RecursionError territory
+            body = b"[" * depth + b"]" * depth
+        elif kind == 3:
+            field = rng.choice(list(record))
+            record[field] = rng.choice([None, True, "x", [], {}, -1e308, 10**30, "1e999"])
+            body = json.dumps(record).encode()
+        elif kind == 4:
+            body = json.dumps([record, rng.choice([1, "x", None, {}])]).encode()
+        elif kind == 5:
+            body = json.dumps(record).replace("0", "1e999", 1).encode()  # overflows to inf
+        else:
+            body = json.dumps(record if kind == 6 else [record, record_from_seed(i)]).encode()
+        content_type = rng.choice(
+            ["application/json"] * 6 + [None, "text/plain", "application/json; charset=utf-8"]
+        )
+        bodies.append((body, content_type))
+    return bodies
+
+
+FUZZ_CASES = [
+    pytest.param(800, id="short-800-bodies"),
+    pytest.param(20_000, marks=pytest.mark.slow, id="20000-bodies"),
+]
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("count", FUZZ_CASES)
+def test_consumer_process_survives_fuzzed_bodies_exactly_as_the_codec_predicts(
+    count: int,
+    pg_settings: Callable[..., Settings],
+    processes: Processes,
+    request: pytest.FixtureRequest,
+) -> None:
+    settings = pg_settings(max_body_bytes=65_536)
+    bodies = _fuzzed_bodies(count, seed=11)
+    # The pure codec is the oracle: what the running process must store and dead-letter.
+    decoded = [
+        decode_request(
+            body,
+            content_type,
+            max_body_bytes=settings.max_body_bytes,
+            max_records=settings.max_records_per_message,
+        )
+        for body, content_type in bodies
+    ]
+    expected_rows = sum(len(d.records) for d in decoded)
+    expected_dead = Counter(r.reason for d in decoded for r in d.rejections)
+    assert expected_rows and len(expected_dead) >= 5, "the mix covers good and many bad kinds"
+    fleet = Fleet(processes, settings)
+    member = fleet.start()
+    _publish_all(settings, [(body, ct, f"fuzz-{i}") for i, (body, ct) in enumerate(bodies)])
+    dead = drain_dead_letters(settings, expected=sum(expected_dead.values()), timeout=300)
+    wait_until(
+        lambda: count_rows(settings) >= expected_rows, timeout=300, message="valid records stored"
+    )
+    time.sleep(1.0)
+    fleet.scrape(member)
+    alive = member.alive
+    exit_codes = fleet.stop()
+    got_dead = Counter(h.get(REASON_HEADER, "broker") for h, _ in dead)
+    rows = count_rows(settings)
+    record_run(
+        "fuzz-through-consumer",
+        request.node.callspec.id,
+        messages=len(bodies),
+        stored=rows,
+        expected_stored=expected_rows,
+        dead_lettered_with_reason=sum(got_dead.values()),
+        reasons=dict(got_dead),
+    )
+    assert alive and exit_codes == [0], f"the consumer process survived:\n{member.log[-3000:]}"
+    assert got_dead == expected_dead
+    assert rows == expected_rows
