@@ -136,7 +136,7 @@ def close_connections_of(queue: str, reason: str = "fault test") -> list[str]:
 
 
 # --- broker flow control ------------------------------------------------------------------
-def _current_watermark() -> list[str]:
+def current_watermark() -> list[str]:
     """The arguments that restore the current vm_memory_high_watermark."""
     value = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
     if value.startswith("{absolute"):
@@ -145,13 +145,13 @@ def _current_watermark() -> list[str]:
 
 
 @contextlib.contextmanager
-def memory_alarm() -> Iterator[None]:
+def memory_alarm(previous: list[str] | None = None) -> Iterator[None]:
     """Raise the broker's memory alarm (every publishing connection gets connection.blocked).
 
     NOTE: the alarm is broker-wide: other publishers on this machine pause too. Keep the window
-    to seconds; the previous watermark is always restored.
+    to seconds; the previous watermark (read now unless given) is always restored.
     """
-    previous = _current_watermark()
+    previous = previous or current_watermark()
     rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1MB")
     try:
         yield

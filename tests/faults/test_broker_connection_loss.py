@@ -35,11 +35,11 @@ class LossRun:
 
     workload: Workload
     rate: int
-    closes_at: tuple[float, ...] = (0.3, 0.7)
+    closes_at: tuple[float, ...] = (0.25, 0.55)
 
 
 CASES = [
-    pytest.param(LossRun(Workload(5_000, real_data=False), rate=500), id="short-5k"),
+    pytest.param(LossRun(Workload(5_000, real_data=False), rate=300), id="short-5k"),
     pytest.param(
         LossRun(Workload(30_000, real_data=True), rate=2_000), marks=pytest.mark.slow, id="30k"
     ),
@@ -75,6 +75,8 @@ def test_connections_closed_twice_everyone_reconnects_and_results_are_exactly_on
     closed_rounds: list[list[str]] = []
     for fraction in run.closes_at:
         # Cut points in time (the producer is paced): mid-stream for producer and consumers.
+        # NOTE: the management API lists a new connection up to its statistics interval (5 s)
+        # late, so the second cut leaves the paced producer that much time to spare.
         cut_at = started + fraction * n / run.rate
         time.sleep(max(0.0, cut_at - time.monotonic()))
         assert wait_for(
