@@ -1,8 +1,8 @@
-"""Where the consumer's time goes: py-spy samples of a drain, summarised by concern.
+"""Where the time goes: py-spy samples of a consumer drain or a producer run, by concern.
 
-Run only when a throughput target is missed (full mode): the profiled drain is a separate,
-untimed scenario, since sampling costs CPU. The summary attributes each sample of the serving
-loop (start-up excluded) to the innermost frame that belongs to a known concern.
+Run only when a target is missed (full mode): the profiled run is a separate, untimed scenario,
+since sampling costs CPU. The summary attributes each sample of the consumer's serving loop or
+the producer's publishing run (start-up excluded) to the innermost frame of a known concern.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 SERVE_FRAME: Final = "Consumer._serve"
+PUBLISH_FRAME: Final = "ConfirmingPublisher.run"
 
 # (concern, substrings of a py-spy frame "function (file:line)"), checked innermost first.
 CONCERNS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
@@ -25,6 +26,7 @@ CONCERNS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
         ("psycopg", "sqlalchemy", "sqlite3", "creditstream/store.py"),
     ),
     ("metrics (prometheus_client)", ("prometheus_client",)),
+    ("synthetic records (numpy sampling)", ("creditstream/synthetic.py",)),
     ("JSON decode/encode + validation", ("json/", "creditstream/codec.py")),
     ("batching (features matrix, prediction objects)", ("creditstream/batcher.py",)),
     ("AMQP client (pika: frames, publish, confirm wait, ack)", ("pika/",)),
@@ -49,8 +51,8 @@ def concern_of(stack: list[str]) -> str:
     return OTHER
 
 
-def summarize_raw(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
-    """Concern shares and the heaviest frames of py-spy `--format raw` output (serve loop only)."""
+def summarize_raw(lines: Iterable[str], top: int = 12, root: str = SERVE_FRAME) -> dict[str, Any]:
+    """Concern shares and the heaviest frames of py-spy `--format raw` output under `root`."""
     concerns: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
@@ -60,7 +62,7 @@ def summarize_raw(lines: Iterable[str], top: int = 12) -> dict[str, Any]:
         if not stack_text or not count_text.isdigit():
             continue
         frames = stack_text.split(";")
-        starts = [i for i, frame in enumerate(frames) if frame.startswith(SERVE_FRAME)]
+        starts = [i for i, frame in enumerate(frames) if frame.startswith(root)]
         if not starts:
             continue  # start-up, imports, the HTTP thread
         frames = frames[starts[0] :]
@@ -101,7 +103,13 @@ def record_command(binary: str, out: Path, command: list[str], rate_hz: int = 10
 
 
 def run_profiled(
-    binary: str, out: Path, command: list[str], env: dict[str, str], log: Path, timeout: float
+    binary: str,
+    out: Path,
+    command: list[str],
+    env: dict[str, str],
+    log: Path,
+    timeout: float,
+    root: str = SERVE_FRAME,
 ) -> dict[str, Any]:
     """Run `command` under py-spy until it exits; summarise the samples."""
     with log.open("wb") as handle:
@@ -116,4 +124,4 @@ def run_profiled(
     if not out.is_file():
         raise RuntimeError(f"py-spy wrote no samples (see {log})")
     with out.open(encoding="utf-8", errors="replace") as samples:
-        return summarize_raw(samples)
+        return summarize_raw(samples, root=root)

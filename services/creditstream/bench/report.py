@@ -408,7 +408,10 @@ def render_markdown(report: Mapping[str, Any], *, reproduce: str) -> str:
     if profiles:
         lines += [
             "",
-            "## Profile (py-spy, serving loop only; run because a throughput target was missed)",
+            "## Profile (py-spy; run because a throughput target was missed)",
+            "",
+            "Samples of the consumer's serving loop or the producer's publishing run (start-up "
+            "excluded), each attributed to the innermost frame of a known concern.",
         ]
         for profile in profiles:
             lines += ["", f"### {profile['label']}", "", f"{profile['samples']:,} samples.", ""]

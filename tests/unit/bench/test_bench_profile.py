@@ -67,3 +67,18 @@ def test_record_command_runs_the_target_after_a_separator() -> None:
     assert command[:2] == ["py-spy", "record"]
     assert command[command.index("--") + 1 :] == ["python", "-V"]
     assert "raw" in command
+
+
+def test_producer_profile_uses_the_publishing_run_as_root() -> None:
+    from creditstream.bench.profile import PUBLISH_FRAME
+
+    raw = [
+        f"main (cli.py:1);{SERVE};Session.run (onnxruntime/x.py:1) 5",
+        f"main (cli.py:1);{PUBLISH_FRAME} (creditstream/producer.py:1);"
+        "iter_synthetic_records (creditstream/synthetic.py:1) 3",
+        f"main (cli.py:1);{PUBLISH_FRAME} (creditstream/producer.py:1);"
+        "basic_publish (pika/channel.py:1) 1",
+    ]
+    summary = summarize_raw(raw, root=PUBLISH_FRAME)
+    assert summary["samples"] == 4
+    assert summary["concerns"][0] == ["synthetic records (numpy sampling)", 75.0]
