@@ -24,7 +24,7 @@ import yaml
 from creditstream.settings import REPO_ROOT, Settings
 from tests.faults.conftest import Workload, verdict
 from tests.faults.fleet import Fleet
-from tests.faults.injectors import close_connections_of, rabbitmqctl, wait_for
+from tests.faults.injectors import close_connections_of, connections_of, rabbitmqctl, wait_for
 from tests.faults.ledger import record_run
 from tests.faults.tls_proxy import TlsProxy, make_pki
 from tests.helpers import PG_URL, Processes, count_rows, free_port, run_cli, wait_until
@@ -105,6 +105,7 @@ def test_generated_broker_password_never_appears_in_any_log(
     assert produced.returncode == 0, produced.stderr[-2000:]
     wait_until(lambda: count_rows(settings) >= 500, timeout=120, message="500 rows")
     # Error paths log the most connection detail: a cut connection, a wrong password, no broker.
+    assert wait_for(lambda: connections_of(settings.requests_queue), timeout=30, interval=0.5)
     assert close_connections_of(settings.requests_queue), "consumer connection cut"
     consumer = fleet.members[0]
     assert wait_for(
