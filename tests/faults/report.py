@@ -34,7 +34,7 @@ def _faults(run: dict[str, Any]) -> str:
         )
     if test == "poison":
         return (
-            f"{run['dead_lettered_with_reason']} bad records + "
+            f"{run['dead_lettered_with_reason']:,} bad records + "
             f"{run['dead_lettered_at_delivery_limit']} messages failing scoring "
             f"({int(run['scoring_failures'])} failures, delivery limit {run['delivery_limit']})"
         )
@@ -93,7 +93,7 @@ def render(runs: list[dict[str, Any]]) -> str:
         dead = run.get("dead_lettered_with_reason", 0) + run.get(
             "dead_lettered_at_delivery_limit", 0
         )
-        records = run.get("records", run.get("good_records"))
+        records = run.get("records", run.get("good_records", run.get("stored")))
         lines.append(
             f"| {run['test']} | {run['variant']} | {_cell({'r': records}, 'r')} | {_faults(run)} "
             f"| {_recognised(run)} | {dead:,} | {_cell(run, 'lost')} | "
