@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from creditstream.contract import FEATURE_SPECS, FEATURES, ID_FIELD, ID_MAX_LENGTH
+import orjson
+
+from creditstream.contract import (
+    FEATURE_SPECS,
+    FEATURES,
+    ID_FIELD,
+    ID_MAX_INTEGER,
+    ID_MAX_LENGTH,
+)
 
 JSON_CONTENT_TYPES: Final = frozenset({"application/json", "application/json; charset=utf-8"})
 _EXPECTED_KEYS: Final = frozenset((ID_FIELD, *FEATURES))
@@ -70,11 +77,6 @@ class DecodedMessage:
     is_batch: bool = False
 
 
-def _float_constant(token: str) -> float:
-    # NOTE: Python's json accepts NaN/Infinity by default; the contract does not.
-    raise ValueError(f"non-finite number {token}")
-
-
 def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
     """Check one decoded JSON value against the record contract."""
     if type(obj) is dict and obj.keys() == _EXPECTED_KEYS:
@@ -87,7 +89,7 @@ def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
             and all(map(operator.le, _LOWER, values))
             and all(map(operator.le, values, _UPPER))
             and (
-                (id_type is int and record_id >= 0)
+                (id_type is int and 0 <= record_id <= ID_MAX_INTEGER)
                 or (id_type is str and 0 < len(record_id) <= ID_MAX_LENGTH)
             )
         ):
@@ -113,7 +115,7 @@ def _validate_slowly(obj: Any, index: int) -> ValidRecord | Rejection:
 
     record_id = obj[ID_FIELD]
     if isinstance(record_id, bool) or not (
-        (isinstance(record_id, int) and record_id >= 0)
+        (isinstance(record_id, int) and 0 <= record_id <= ID_MAX_INTEGER)
         or (isinstance(record_id, str) and 0 < len(record_id) <= ID_MAX_LENGTH)
     ):
         return Rejection(
@@ -177,13 +179,15 @@ def decode_request(
         )
         return decoded
     try:
-        text = body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError as exc:
         decoded.rejections.append(Rejection(RejectReason.ENCODING, f"body is not UTF-8: {exc}"))
         return decoded
     try:
-        payload = json.loads(text, parse_constant=_float_constant)
-    except (ValueError, RecursionError) as exc:
+        # NOTE: orjson is strict JSON: NaN/Infinity literals, numbers that overflow a double
+        # and nesting deeper than 1024 are errors, as the contract wants.
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         decoded.rejections.append(Rejection(RejectReason.MALFORMED_JSON, str(exc)[:200]))
         return decoded
 
@@ -211,7 +215,7 @@ def decode_request(
 
 def encode_json(value: Any) -> bytes:
     """Compact UTF-8 JSON, the wire format of every creditstream message."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return orjson.dumps(value)
 
 
 def encode_records(records: list[dict[str, Any]]) -> bytes:

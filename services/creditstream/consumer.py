@@ -385,7 +385,9 @@ class Consumer:
                     str(exc).splitlines()[0][:200],
                     delay,
                 )
-                # NOTE: connection.sleep keeps heartbeats flowing while we hold the batch.
+                # NOTE: connection.sleep keeps heartbeats flowing while we hold the batch; the
+                # beat keeps liveness green (a restart cannot fix the database), readiness is red.
+                self.health.beat()
                 channel.connection.sleep(delay)
                 delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue

@@ -24,6 +24,8 @@ FEATURES: Final[tuple[str, ...]] = (
 )
 N_FEATURES: Final = len(FEATURES)
 ID_MAX_LENGTH: Final = 128
+# Integer IDs fit a signed 64-bit column (and a JSON parser's integer range).
+ID_MAX_INTEGER: Final = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def record_json_schema() -> dict[str, Any]:
         ID_FIELD: {
             "description": "Caller's record id (the data set's ID); echoed in the prediction.",
             "oneOf": [
-                {"type": "integer", "minimum": 0},
+                {"type": "integer", "minimum": 0, "maximum": ID_MAX_INTEGER},
                 {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH},
             ],
         }
