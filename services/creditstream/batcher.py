@@ -17,7 +17,7 @@ def request_id_for(message_id: str, index: int, is_batch: bool) -> str:
     return f"{message_id}/{index}" if is_batch else message_id
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingMessage:
     """One delivery waiting in the batch: its broker handle, metadata and decoded records."""
 

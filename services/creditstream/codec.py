@@ -83,9 +83,13 @@ def validate_record(obj: Any, index: int = 0) -> ValidRecord | Rejection:
         values = _ALL_VALUES(obj)
         record_id = obj[ID_FIELD]
         id_type = type(record_id)
+        types = set(map(type, values))
         if (
-            set(map(type, _INTEGER_VALUES(obj))) == _INT_ONLY
-            and set(map(type, values)) <= _NUMBER_TYPES
+            # all ints (the common case), or numbers with whole-number codes
+            (
+                types == _INT_ONLY
+                or (types <= _NUMBER_TYPES and set(map(type, _INTEGER_VALUES(obj))) == _INT_ONLY)
+            )
             and all(map(operator.le, _LOWER, values))
             and all(map(operator.le, values, _UPPER))
             and (

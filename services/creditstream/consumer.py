@@ -76,6 +76,8 @@ class Consumer:
         self.health.model_loaded = True
         self._stop = threading.Event()
         self._timeout_s = settings.batch_timeout_ms / 1000.0
+        self._max_body_bytes = settings.max_body_bytes
+        self._max_records = settings.max_records_per_message
         self._last_delivery = time.monotonic()
         self.records_stored = 0
 
@@ -196,16 +198,15 @@ class Consumer:
         props: pika.BasicProperties,
         body: bytes,
     ) -> None:
-        self._last_delivery = time.monotonic()
-        self.metrics.messages.inc()
+        now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
         message_id = props.message_id or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
         decoded = decode_request(
             body,
             props.content_type,
-            max_body_bytes=self.settings.max_body_bytes,
-            max_records=self.settings.max_records_per_message,
+            max_body_bytes=self._max_body_bytes,
+            max_records=self._max_records,
         )
         for rejection in decoded.rejections:
             self._dead_letter(publisher, message_id, body, rejection)
@@ -226,8 +227,9 @@ class Consumer:
             redelivered=bool(method.redelivered),
         )
         if message.records:
-            batch.add(message, time.monotonic())
+            batch.add(message, now)
             return
+        self.metrics.messages.inc()
         # Nothing to score: every record was dead-lettered (and confirmed) already.
         if message.reply_to:
             self._reply(channel, message, [])
@@ -308,6 +310,7 @@ class Consumer:
             if message.sent_at is not None:
                 self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
         self.metrics.records.labels("scored").inc(len(predictions))
+        self.metrics.messages.inc(len(scored))
         self.records_stored += inserted
 
     def _score(

@@ -61,7 +61,9 @@ def _utc(epoch_seconds: float) -> dt.datetime:
 
 def _sqlite_time(epoch_seconds: float) -> str:
     # NOTE: the text layout SQLAlchemy's SQLite DateTime type reads back (UTC).
-    return _utc(epoch_seconds).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC).replace(tzinfo=None).isoformat(
+        sep=" ", timespec="microseconds"
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -127,14 +129,14 @@ class ResultsStore:
             return 0
         if not self._schema_ready:
             self.create_schema()  # NOTE: the database may have been down at start-up
-        received: dict[float, str | dt.datetime]
-        scored: dict[float, str | dt.datetime]
-        if self._is_sqlite:
-            received = {p.received_at: _sqlite_time(p.received_at) for p in predictions}
-            scored = {p.scored_at: _sqlite_time(p.scored_at) for p in predictions}
-        else:
-            received = {p.received_at: _utc(p.received_at) for p in predictions}
-            scored = {p.scored_at: _utc(p.scored_at) for p in predictions}
+        # NOTE: one conversion per distinct timestamp (per message / per batch), not per row.
+        convert = _sqlite_time if self._is_sqlite else _utc
+        received: dict[float, str | dt.datetime] = {
+            t: convert(t) for t in {p.received_at for p in predictions}
+        }
+        scored: dict[float, str | dt.datetime] = {
+            t: convert(t) for t in {p.scored_at for p in predictions}
+        }
         rows = [
             (
                 p.request_id,
