@@ -111,10 +111,10 @@ def test_sigterm_mid_stream_loses_nothing_and_scores_nothing_twice(
     rows = stored_rows(settings)
     assert len(rows) == 20_000
     assert len({record_id for _, record_id, _ in rows}) == 20_000
-    # Everything the first consumer received it stored and acked before exiting, so the
-    # second saw no redelivery and nothing was scored twice.
-    assert duplicates == 0
-    assert redelivered == 0
+    # Everything the first consumer scored it also acked before exiting, so nothing was scored
+    # twice. (Deliveries still in flight when it cancelled are requeued unscored; the second
+    # consumer sees those as redelivered, which is fine.)
+    assert duplicates == 0, f"{duplicates} records scored twice ({redelivered:g} redelivered)"
     log = Path(first.log_path).read_text()  # type: ignore[attr-defined]
     assert "draining" in log
 
