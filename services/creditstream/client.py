@@ -13,10 +13,12 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pika
 import pika.exceptions
 
@@ -78,6 +80,8 @@ class PredictionClient:
         self._channel: Any = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
+        self._outbox: deque[tuple[bytes, str]] = deque()
+        self._wake_scheduled = threading.Event()
 
     def __enter__(self) -> PredictionClient:
         self.start()
@@ -128,8 +132,8 @@ class PredictionClient:
         if future is None:
             return  # a late reply for a caller that already timed out
         try:
-            future.set_result(json.loads(body))
-        except ValueError as exc:
+            future.set_result(orjson.loads(body))
+        except orjson.JSONDecodeError as exc:
             future.set_exception(PredictionError(f"unreadable reply: {exc}"))
 
     def _on_returned(
@@ -144,21 +148,25 @@ class PredictionClient:
                 )
             )
 
-    def _publish(self, body: bytes, correlation_id: str) -> None:
-        self._channel.basic_publish(
-            self.topology.requests_exchange,
-            REQUEST_ROUTING_KEY,
-            body,
-            pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=f"rpc-{correlation_id}",
-                correlation_id=correlation_id,
-                reply_to=DIRECT_REPLY_TO,
-                headers={SENT_AT_HEADER: time.time_ns() // 1000},
-            ),
-            mandatory=True,
-        )
+    def _publish_queued(self) -> None:
+        """Publish everything callers queued (runs in the I/O thread)."""
+        self._wake_scheduled.clear()
+        while self._outbox:
+            body, correlation_id = self._outbox.popleft()
+            self._channel.basic_publish(
+                self.topology.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                body,
+                pika.BasicProperties(
+                    content_type="application/json",
+                    delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=f"rpc-{correlation_id}",
+                    correlation_id=correlation_id,
+                    reply_to=DIRECT_REPLY_TO,
+                    headers={SENT_AT_HEADER: time.time_ns() // 1000},
+                ),
+                mandatory=True,
+            )
 
     def _fail_all(self, error: PredictionError) -> None:
         with self._lock:
@@ -176,8 +184,11 @@ class PredictionClient:
         future: Future[Any] = Future()
         with self._lock:
             self._pending[correlation_id] = future
-        body = encode_json(payload)
-        self._connection.add_callback_threadsafe(lambda: self._publish(body, correlation_id))
+        self._outbox.append((encode_json(payload), correlation_id))
+        # NOTE: one wake-up of the I/O thread per burst of submits, not one per request.
+        if not self._wake_scheduled.is_set():
+            self._wake_scheduled.set()
+            self._connection.add_callback_threadsafe(self._publish_queued)
         return future
 
     def predict(self, record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
