@@ -7,7 +7,6 @@ its own exchange/queue names and its own PostgreSQL schema, deleted in `finally`
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from creditstream.settings import Settings
+from creditstream.topology import delete_topology
 from tests.helpers import AMQP_URL, MODELS, PG_URL, Processes, data_path_or_skip
 
 
@@ -28,7 +28,6 @@ def data_path() -> Path:
 @pytest.fixture
 def broker_names(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Unique exchange and queue names for one test; deleted afterwards."""
-    import pika
 
     tag = f"t{uuid.uuid4().hex[:10]}"
     names = {
@@ -41,18 +40,7 @@ def broker_names(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     try:
         yield names
     finally:
-        with contextlib.suppress(Exception):
-            connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-            channel = connection.channel()
-            for queue in (names["requests_queue"], names["dead_letter_queue"]):
-                channel.queue_delete(queue)
-            for exchange in (
-                names["requests_exchange"],
-                names["dead_letter_exchange"],
-                names["predictions_exchange"],
-            ):
-                channel.exchange_delete(exchange)
-            connection.close()
+        delete_topology(Settings(amqp_url=AMQP_URL, **names))
 
 
 @pytest.fixture

@@ -45,7 +45,9 @@ class ConsumerMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.messages = Counter(
-            "creditstream_messages_total", "Request messages handled (scored, or rejected whole).", registry=r
+            "creditstream_messages_total",
+            "Request messages handled (scored, or rejected whole).",
+            registry=r,
         )
         self.records = Counter(
             "creditstream_records_total", "Records handled, by outcome.", ["outcome"], registry=r

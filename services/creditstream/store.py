@@ -61,8 +61,10 @@ def _utc(epoch_seconds: float) -> dt.datetime:
 
 def _sqlite_time(epoch_seconds: float) -> str:
     # NOTE: the text layout SQLAlchemy's SQLite DateTime type reads back (UTC).
-    return dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC).replace(tzinfo=None).isoformat(
-        sep=" ", timespec="microseconds"
+    return (
+        dt.datetime.fromtimestamp(epoch_seconds, tz=dt.UTC)
+        .replace(tzinfo=None)
+        .isoformat(sep=" ", timespec="microseconds")
     )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+import pika
 import pika.exceptions
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
 
     from creditstream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 REQUEST_ROUTING_KEY: Final = "score"
 REASON_HEADER: Final = "x-creditstream-reason"
@@ -92,3 +97,37 @@ class Topology:
         channel.queue_bind(
             self.requests_queue, self.requests_exchange, routing_key=REQUEST_ROUTING_KEY
         )
+
+
+def declare_topology(settings: Settings) -> None:
+    """Declare the settings' exchanges and queues on a short-lived connection."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        Topology.from_settings(settings).declare(connection.channel())
+    finally:
+        connection.close()
+
+
+def delete_topology(settings: Settings) -> None:
+    """Delete the settings' queues and exchanges (best effort: for isolated runs and tests)."""
+    try:
+        connection = pika.BlockingConnection(
+            pika.URLParameters(settings.amqp_url.get_secret_value())
+        )
+    except pika.exceptions.AMQPError as exc:
+        log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)
+        return
+    try:
+        for queue in (settings.requests_queue, settings.dead_letter_queue):
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().queue_delete(queue)
+        for exchange in (
+            settings.requests_exchange,
+            settings.dead_letter_exchange,
+            settings.predictions_exchange,
+        ):
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().exchange_delete(exchange)
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()

@@ -15,9 +15,9 @@ import pytest
 from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reader_for
 from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
 from creditstream.autoscale.supervisor import Supervisor
-from creditstream.demo.run import declare_topology, delete_topology
 from creditstream.demo.summary import PredictionsReader
 from creditstream.settings import Settings
+from creditstream.topology import declare_topology, delete_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

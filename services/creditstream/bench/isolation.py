@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from creditstream.bench.plan import Store
 from creditstream.settings import Settings
-from creditstream.topology import Topology
+from creditstream.topology import declare_topology, delete_topology
 
 log = logging.getLogger(__name__)
 
@@ -41,40 +41,6 @@ def scenario_settings(
 def new_tag(name: str) -> str:
     """A unique, readable scenario tag."""
     return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-def declare_topology(settings: Settings) -> None:
-    """Create the scenario's exchanges and queues (quorum requests queue, as in production)."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
-    try:
-        Topology.from_settings(settings).declare(connection.channel())
-    finally:
-        connection.close()
-
-
-def delete_topology(settings: Settings) -> None:
-    """Delete the scenario's queues and exchanges (best effort, logged)."""
-    try:
-        connection = pika.BlockingConnection(
-            pika.URLParameters(settings.amqp_url.get_secret_value())
-        )
-    except pika.exceptions.AMQPError as exc:
-        log.warning("could not connect to delete bench queues: %s", exc)
-        return
-    try:
-        for queue in (settings.requests_queue, settings.dead_letter_queue):
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.channel().queue_delete(queue)
-        for exchange in (
-            settings.requests_exchange,
-            settings.dead_letter_exchange,
-            settings.predictions_exchange,
-        ):
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.channel().exchange_delete(exchange)
-    finally:
-        with contextlib.suppress(Exception):
-            connection.close()
 
 
 def queue_depth(settings: Settings) -> int:

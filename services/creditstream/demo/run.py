@@ -62,6 +62,7 @@ from creditstream.demo.summary import (
 )
 from creditstream.settings import REPO_ROOT, Settings
 from creditstream.timeline import TimelineRow, TimelineWriter, plot_timeline, summarize_timeline
+from creditstream.topology import declare_topology, delete_topology
 
 log = logging.getLogger(__name__)
 
@@ -257,43 +258,6 @@ def _secret(value: str) -> Any:
     from pydantic import SecretStr
 
     return SecretStr(value)
-
-
-def declare_topology(settings: Settings) -> None:
-    """Create this run's exchanges and queues before anyone publishes."""
-    import pika
-
-    from creditstream.topology import Topology
-
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
-    try:
-        Topology.from_settings(settings).declare(connection.channel())
-    finally:
-        connection.close()
-
-
-def delete_topology(settings: Settings) -> None:
-    """Remove this run's exchanges and queues (best effort)."""
-    import pika
-    import pika.exceptions
-
-    try:
-        connection = pika.BlockingConnection(
-            pika.URLParameters(settings.amqp_url.get_secret_value())
-        )
-    except pika.exceptions.AMQPError:
-        log.warning("could not connect to delete the demo queues")
-        return
-    try:
-        for queue in (settings.requests_queue, settings.dead_letter_queue):
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.channel().queue_delete(queue)
-        for exchange in (settings.requests_exchange, settings.dead_letter_exchange):
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.channel().exchange_delete(exchange)
-    finally:
-        with contextlib.suppress(Exception):
-            connection.close()
 
 
 def load_demo_values(overrides: list[Mapping[str, Any]], queue: str) -> DemoValues:
