@@ -40,6 +40,12 @@ lint: $(STAMP) ## ruff, mypy, generated files up to date (contract docs, rendere
 	$(BIN)/ruff format --check services tests
 	$(BIN)/mypy
 	$(PY) -m creditstream.contract_docs --check
+	@# NOTE: k8s/rendered/ must match the chart (also pinned by tests/chart/test_manifests.py).
+	$(PY) scripts/fetch_helm.py >/dev/null
+	rm -rf .cache/rendered-check
+	$(PY) scripts/render_manifests.py --helm .tools/helm-3/helm --out .cache/rendered-check >/dev/null
+	diff -r k8s/rendered .cache/rendered-check || \
+	  { echo "k8s/rendered is out of date: run 'make manifests'"; exit 1; }
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and auto-fix
