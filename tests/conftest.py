@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from creditstream.settings import Settings
-from creditstream.topology import delete_topology
+from creditstream.topology import delete_topology, isolated_names
 from tests.helpers import AMQP_URL, MODELS, PG_URL, Processes, data_path_or_skip
 
 
@@ -29,14 +29,7 @@ def data_path() -> Path:
 def broker_names(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     """Unique exchange and queue names for one test; deleted afterwards."""
 
-    tag = f"t{uuid.uuid4().hex[:10]}"
-    names = {
-        "requests_exchange": f"{tag}.requests",
-        "requests_queue": f"{tag}.requests",
-        "dead_letter_exchange": f"{tag}.dead",
-        "dead_letter_queue": f"{tag}.dead",
-        "predictions_exchange": f"{tag}.predictions",
-    }
+    names = isolated_names(f"t{uuid.uuid4().hex[:10]}")
     try:
         yield names
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from creditstream.autoscale.supervisor import free_port as free_port  # re-exported for tests
+from creditstream.autoscale.supervisor import settings_env as supervisor_settings_env
 from creditstream.settings import REPO_ROOT, Settings
 
 AMQP_URL = os.environ.get("CREDITSTREAM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -34,22 +35,9 @@ def data_path_or_skip() -> Path:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as CREDITSTREAM_* environment variables, for subprocesses."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITSTREAM_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"CREDITSTREAM_{name.upper()}"] = str(value)
-    return env
-
-
-def free_port() -> int:
-    """A TCP port that is free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """This process's environment without CREDITSTREAM_*, plus the settings as variables."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CREDITSTREAM_")}
+    return inherited | supervisor_settings_env(settings)
 
 
 def run_cli(

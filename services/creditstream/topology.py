@@ -99,6 +99,17 @@ class Topology:
         )
 
 
+def isolated_names(prefix: str) -> dict[str, str]:
+    """Settings overrides giving a run (demo, bench scenario, test) its own exchanges and queues."""
+    return {
+        "requests_exchange": f"{prefix}.requests",
+        "requests_queue": f"{prefix}.requests",
+        "dead_letter_exchange": f"{prefix}.dead",
+        "dead_letter_queue": f"{prefix}.dead",
+        "predictions_exchange": f"{prefix}.predictions",
+    }
+
+
 def declare_topology(settings: Settings) -> None:
     """Declare the settings' exchanges and queues on a short-lived connection."""
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))

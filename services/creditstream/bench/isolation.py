@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from creditstream.bench.plan import Store
 from creditstream.settings import Settings
-from creditstream.topology import declare_topology, delete_topology
+from creditstream.topology import declare_topology, delete_topology, isolated_names
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,7 @@ def scenario_settings(
     prefix = f"creditstream.bench.{tag}"
     return base.model_copy(
         update={
-            "requests_exchange": f"{prefix}.requests",
-            "requests_queue": f"{prefix}.requests",
-            "dead_letter_exchange": f"{prefix}.dead",
-            "dead_letter_queue": f"{prefix}.dead",
-            "predictions_exchange": f"{prefix}.predictions",
+            **isolated_names(prefix),
             "database_url": SecretStr(database_url),
             "database_schema": schema,
             "run_id": tag,

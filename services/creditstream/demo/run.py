@@ -62,7 +62,7 @@ from creditstream.demo.summary import (
 )
 from creditstream.settings import REPO_ROOT, Settings
 from creditstream.timeline import TimelineRow, TimelineWriter, plot_timeline, summarize_timeline
-from creditstream.topology import declare_topology, delete_topology
+from creditstream.topology import declare_topology, delete_topology, isolated_names
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +243,8 @@ def demo_settings(
     return base.model_copy(
         update={
             **knobs,
-            "requests_exchange": f"{prefix}.requests",
-            "requests_queue": f"{prefix}.requests",
-            "dead_letter_exchange": f"{prefix}.dead",
-            "dead_letter_queue": f"{prefix}.dead",
+            # NOTE: every name isolated, predictions exchange included: the run deletes them.
+            **isolated_names(prefix),
             "database_url": _secret(f"sqlite:///{run_dir / 'predictions.sqlite'}"),
             "database_schema": None,
             "run_id": run_id,
