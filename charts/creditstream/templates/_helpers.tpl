@@ -196,3 +196,83 @@ call with a list of keys of the dict below.
 checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
 {{- end }}
 {{- end -}}
+
+{{/*
+NetworkPolicy of a client pod (consumer, producer, smoke-test): egress only to DNS, the broker
+and, for the consumer, the database; call with (dict "ctx" $ "component" "consumer").
+*/}}
+{{- define "creditstream.clientNetworkPolicy" -}}
+{{- $v := .ctx.Values -}}
+# {{ .component }}: egress only to DNS, the broker{{ if eq .component "consumer" }} and the database{{ end }}.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "creditstream.fullname" .ctx }}-{{ .component }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "creditstream.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "creditstream.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+  policyTypes: [Ingress, Egress]
+  {{- if and (eq .component "consumer") $v.networkPolicy.metricsFrom }}
+  ingress:
+    - from:
+        {{- toYaml $v.networkPolicy.metricsFrom | nindent 8 }}
+      ports:
+        - port: http
+  {{- else }}
+  # NOTE: nothing connects to these pods (kubelet probes are not subject to NetworkPolicy).
+  ingress: []
+  {{- end }}
+  egress:
+    - ports:
+        - port: 53
+          protocol: UDP
+        - port: 53
+          protocol: TCP
+    {{- if $v.rabbitmq.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "creditstream.selectorLabels" (dict "ctx" .ctx "component" "broker") | nindent 14 }}
+      ports:
+        - port: 5672
+        - port: 15672
+    {{- else }}
+    - ports:
+        - port: 5672
+        - port: 5671
+        - port: 15672
+        - port: 443
+      {{- with $v.externalBroker.egressCidr }}
+      to:
+        - ipBlock:
+            cidr: {{ . }}
+      {{- end }}
+    {{- end }}
+    {{- if eq .component "consumer" }}
+    {{- if $v.postgresql.enabled }}
+    - to:
+        - podSelector:
+            matchLabels:
+              {{- include "creditstream.selectorLabels" (dict "ctx" .ctx "component" "database") | nindent 14 }}
+      ports:
+        - port: 5432
+    {{- else if or $v.externalDatabase.url $v.externalDatabase.existingSecret }}
+    - ports:
+        - port: 5432
+      {{- with $v.externalDatabase.egressCidr }}
+      to:
+        - ipBlock:
+            cidr: {{ . }}
+      {{- end }}
+    {{- end }}
+    {{- end }}
+    {{- if and (eq .component "producer") (eq $v.producer.source "url") }}
+    - ports:
+        - port: 443
+        - port: 80
+    {{- end }}
+{{- end -}}
