@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Final
 import pika
 import pika.exceptions
 
+from creditstream.broker import connection_parameters
+
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
 
@@ -25,6 +27,10 @@ SOURCE_HEADER: Final = "x-creditstream-source-message-id"
 # Publish time in integer microseconds since the epoch (AMQP tables have no float type).
 SENT_AT_HEADER: Final = "x-creditstream-sent-at-us"
 PRECONDITION_FAILED: Final = 406
+
+
+class SharedTopologyError(ValueError):
+    """A teardown was asked to delete an exchange or queue under its default (shared) name."""
 
 
 class TopologyMismatchError(RuntimeError):
@@ -110,9 +116,17 @@ def isolated_names(prefix: str) -> dict[str, str]:
     }
 
 
+def default_names() -> dict[str, str]:
+    """The settings' default exchange and queue names: the ones deployments share."""
+    from creditstream.settings import Settings
+
+    fields = Settings.model_fields
+    return {name: str(fields[name].default) for name in isolated_names("")}
+
+
 def declare_topology(settings: Settings) -> None:
     """Declare the settings' exchanges and queues on a short-lived connection."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    connection = pika.BlockingConnection(connection_parameters(settings, name="creditstream-setup"))
     try:
         Topology.from_settings(settings).declare(connection.channel())
     finally:
@@ -120,10 +134,19 @@ def declare_topology(settings: Settings) -> None:
 
 
 def delete_topology(settings: Settings) -> None:
-    """Delete the settings' queues and exchanges (best effort: for isolated runs and tests)."""
+    """Delete the settings' queues and exchanges (best effort: for isolated runs and tests).
+
+    Raises SharedTopologyError, deleting nothing, when any name is a default one: those belong
+    to every deployment on the broker, never to one run.
+    """
+    shared = sorted(
+        name for field, name in default_names().items() if getattr(settings, field) == name
+    )
+    if shared:
+        raise SharedTopologyError(f"refusing to delete the shared default names {shared}")
     try:
         connection = pika.BlockingConnection(
-            pika.URLParameters(settings.amqp_url.get_secret_value())
+            connection_parameters(settings, name="creditstream-teardown")
         )
     except pika.exceptions.AMQPError as exc:
         log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)

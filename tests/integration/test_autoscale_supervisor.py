@@ -16,44 +16,28 @@ from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reade
 from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
 from creditstream.autoscale.supervisor import Supervisor
 from creditstream.demo.summary import PredictionsReader
+from creditstream.harness import isolated_run
 from creditstream.settings import Settings
-from creditstream.topology import declare_topology, delete_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[Settings]:
-    """Settings with a unique exchange/queue set and a SQLite store of the test's own."""
+    """An isolated run: exchanges/queues of its own, a SQLite store of the test's own."""
     import pika
     import pika.exceptions
 
-    base = Settings()
+    base = Settings(log_format="json")
     if not base.model_path.is_file() or not base.resolved_model_card_path.is_file():
         pytest.skip(f"no committed model at {base.model_path} (run `make train`)")
     try:
         pika.BlockingConnection(pika.URLParameters(base.amqp_url.get_secret_value())).close()
     except pika.exceptions.AMQPError as exc:
         pytest.skip(f"RabbitMQ not reachable: {exc!r}")
-    name = f"creditstream.test.autoscale.{uuid.uuid4().hex[:10]}"
-    from pydantic import SecretStr
-
-    ours = base.model_copy(
-        update={
-            "requests_exchange": f"{name}.requests",
-            "requests_queue": f"{name}.requests",
-            "dead_letter_exchange": f"{name}.dead",
-            "dead_letter_queue": f"{name}.dead",
-            "database_url": SecretStr(f"sqlite:///{tmp_path / 'predictions.sqlite'}"),
-            "database_schema": None,
-            "log_format": "json",
-        }
-    )
-    declare_topology(ours)
-    try:
+    prefix = f"creditstream.test.autoscale.{uuid.uuid4().hex[:10]}"
+    with isolated_run(base, prefix, sqlite_file=tmp_path / "predictions.sqlite") as ours:
         yield ours
-    finally:
-        delete_topology(ours)
 
 
 def publish_backlog(settings: Settings, records: int, run_id: str) -> None:

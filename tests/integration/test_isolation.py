@@ -1,0 +1,101 @@
+"""Tearing down an isolated run leaves the default exchanges and queues intact (real broker).
+
+Each test works in a vhost of its own that holds the default topology, as a deployment on the
+shared broker would: a teardown that reached for a default name would delete it there.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from creditstream.harness import broker_vhost, isolated_run
+from creditstream.settings import Settings
+from creditstream.topology import (
+    SharedTopologyError,
+    declare_topology,
+    default_names,
+    delete_topology,
+    isolated_names,
+)
+from tests.helpers import AMQP_URL, PG_URL
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+EXCHANGES = ("requests_exchange", "dead_letter_exchange", "predictions_exchange")
+QUEUES = ("requests_queue", "dead_letter_queue")
+
+
+@pytest.fixture
+def vhost_url() -> Iterator[str]:
+    """An AMQP URL into a vhost of the test's own holding the default topology."""
+    with broker_vhost(AMQP_URL, f"cs-isolation-{uuid.uuid4().hex[:10]}") as url:
+        declare_topology(Settings(amqp_url=url))
+        yield url
+
+
+def existing(url: str, names: dict[str, str]) -> set[str]:
+    """Which of the settings fields in `names` name an exchange/queue that exists at `url`."""
+    found = set()
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        for field, name in names.items():
+            channel = connection.channel()
+            try:
+                if field in QUEUES:
+                    channel.queue_declare(name, passive=True)
+                else:
+                    channel.exchange_declare(name, passive=True)
+                found.add(field)
+                channel.close()
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 404, exc
+    finally:
+        connection.close()
+    return found
+
+
+def test_delete_topology_refuses_names_left_at_their_defaults(vhost_url: str) -> None:
+    # The autoscale test built its names by hand and left the predictions exchange out: its
+    # teardown deleted the shared `creditstream.predictions`.
+    prefix = f"creditstream.test.autoscale.{uuid.uuid4().hex[:10]}"
+    hand_built = {k: v for k, v in isolated_names(prefix).items() if k != "predictions_exchange"}
+    settings = Settings(amqp_url=vhost_url, **hand_built)
+    declare_topology(settings)
+    with pytest.raises(SharedTopologyError, match=r"creditstream\.predictions"):
+        delete_topology(settings)
+    assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)
+
+
+RUNS = [
+    pytest.param({"store": "sqlite"}, id="sqlite"),
+    pytest.param({"store": "sqlite", "declare": False}, id="sqlite-not-declared"),
+    pytest.param({"store": "sqlite", "keep_store": True}, id="sqlite-kept"),
+    pytest.param({"store": "postgresql", "pg_url": PG_URL}, id="postgresql-schema"),
+    pytest.param(
+        {"store": "sqlite", "base": {"predictions_exchange": "elsewhere.predictions"}},
+        id="base-with-own-names",
+    ),
+]
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_tearing_down_an_isolated_run_leaves_the_defaults(
+    vhost_url: str, run: dict[str, Any], tmp_path: Path
+) -> None:
+    options = dict(run)
+    base = Settings(amqp_url=vhost_url, **options.pop("base", {}))
+    prefix = f"creditstream.test.isolation.{uuid.uuid4().hex[:10]}"
+    with isolated_run(base, prefix, sqlite_file=tmp_path / "run.sqlite", **options) as settings:
+        ours = {field: getattr(settings, field) for field in EXCHANGES + QUEUES}
+        assert not set(ours.values()) & set(default_names().values())
+        declare_topology(settings)  # as its consumers and producers would
+        assert existing(vhost_url, ours) == set(ours)
+    assert existing(vhost_url, ours) == set()
+    assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)
