@@ -3,20 +3,55 @@
 Integration and fault tests talk to the real RabbitMQ and PostgreSQL on this machine
 (CREDITSTREAM_TEST_AMQP_URL / CREDITSTREAM_TEST_PG_URL override the defaults). Each test gets
 its own exchange/queue names and its own PostgreSQL schema, deleted in `finally`.
+
+A test skips when something it needs is missing (a service, the data set, a tool); with
+CI=true that skip is a failure, so a CI run cannot pass with a suite silently left out.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from creditstream.harness import postgres_schema
 from creditstream.settings import Settings
 from creditstream.topology import delete_topology, isolated_names
 from tests.helpers import AMQP_URL, MODELS, PG_URL, Processes, data_path_or_skip
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _fail_skips_in_ci(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped with CI=true (everything must be there in CI): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A skipped test fails when CI=true."""
+    report = yield
+    _fail_skips_in_ci(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    """A module skipped at collection fails when CI=true."""
+    report = yield
+    _fail_skips_in_ci(report)
+    return report
 
 
 @pytest.fixture
@@ -39,21 +74,8 @@ def broker_names(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh PostgreSQL schema in the test database; dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    schema = f"cs_{uuid.uuid4().hex[:10]}"
-    engine = create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # noqa: BLE001
-        pytest.fail(f"PostgreSQL not usable at {PG_URL}: {exc} (run `make services`)")
-    try:
+    with postgres_schema(PG_URL, f"cs_{uuid.uuid4().hex[:10]}") as schema:
         yield schema
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture

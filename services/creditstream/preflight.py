@@ -1,20 +1,32 @@
-"""Check that RabbitMQ and PostgreSQL answer; say exactly how to start whichever does not."""
+"""Check that RabbitMQ and PostgreSQL answer; say exactly how to start whichever does not.
+
+The one "how to start RabbitMQ" text of the project (`make services`, `make demo`); its image
+tags are the chart's (tests/chart checks they agree).
+"""
 
 from __future__ import annotations
 
 import os
 import socket
 import sys
+from typing import Final
 from urllib.parse import urlsplit
 
-HOW_TO_START = {
-    "RabbitMQ": "rabbitmq-server -detached   (Debian: apt-get install rabbitmq-server), or\n"
-    "  docker run -d --name rabbitmq -p 5672:5672 -p 15672:15672 "
-    "rabbitmq:4.1-management",
-    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start, or\n"
-    "  docker run -d --name pg -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust "
-    "postgres:16",
-}
+RABBITMQ_IMAGE: Final = "rabbitmq:4.1.4-management"
+POSTGRES_IMAGE: Final = "postgres:17.6-bookworm"
+
+START_RABBITMQ: Final = f"""\
+  Debian/Ubuntu:  sudo apt-get install -y rabbitmq-server && sudo service rabbitmq-server start
+                  sudo rabbitmq-plugins enable rabbitmq_management   # queue depth incl. unacked
+  Docker:         docker run -d --name rabbitmq -p 5672:5672 -p 15672:15672 {RABBITMQ_IMAGE}
+  Elsewhere:      export CREDITSTREAM_AMQP_URL=amqp://user:pass@host:5672/"""
+
+START_POSTGRES: Final = f"""\
+  Debian/Ubuntu:  sudo pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start
+  Docker:         docker run -d --name pg -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust \
+{POSTGRES_IMAGE}"""
+
+HOW_TO_START = {"RabbitMQ": START_RABBITMQ, "PostgreSQL": START_POSTGRES}
 
 
 def _reachable(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -37,7 +49,7 @@ def main() -> int:
     for name in missing:
         host, port = targets[name]
         print(
-            f"{name} is not reachable at {host}:{port}. Start it with:\n  {HOW_TO_START[name]}",
+            f"{name} is not reachable at {host}:{port}. Start it:\n{HOW_TO_START[name]}",
             file=sys.stderr,
         )
     if not missing:

@@ -168,3 +168,15 @@ class Settings(BaseSettings):
     def resolved_model_card_path(self) -> Path:
         """The model card path, defaulting to model_card.json beside the model."""
         return self.model_card_path or self.model_path.with_name("model_card.json")
+
+    def to_env(self) -> dict[str, str]:
+        """Every set field as CREDITSTREAM_<FIELD> (secrets revealed): a child's environment."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"CREDITSTREAM_{name.upper()}"] = str(value)
+        return env

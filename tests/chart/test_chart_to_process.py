@@ -3,15 +3,15 @@
 The consumer Deployment, the producer Job and the `helm test` Pod are rendered with the chart's
 in-release PostgreSQL; their Secrets' URLs are kept but pointed at this machine's services:
 service hostnames -> 127.0.0.1, credentials -> guest/guest (broker, in a vhost of its own) and
-postgres (trust auth, in a database of its own). Image paths (the baked-in model) map to the
-repository files the Dockerfiles COPY. Records must flow end to end into the predictions table.
+postgres (trust auth, in a database of its own; both made by creditstream.harness, so no broker
+or database CLI is needed). Image paths (the baked-in model) map to the repository files the
+Dockerfiles COPY. Records must flow end to end into the predictions table.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,19 +28,17 @@ import requests
 from chart_checks import by_kind, containers, resolve_env, secret_data
 
 from conftest import CHART, REPO_ROOT, helm_template, parse_docs
+from creditstream.harness import broker_vhost, postgres_database
+from creditstream.harness.processes import free_port
+from creditstream.harness.results import ResultsReader
+from creditstream.settings import Settings
+from tests.helpers import AMQP_URL, PG_URL
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.timeout(300)]
 
 RECORDS = 300
 RECORDS_PER_MESSAGE = 10
-LOCAL_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 Docs = list[dict[str, Any]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _services_up() -> str | None:
@@ -49,9 +47,6 @@ def _services_up() -> str | None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         except OSError:
             return f"{name} not reachable on 127.0.0.1:{port}"
-    for tool in ("rabbitmqctl", "createdb", "dropdb"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed"
     return None
 
 
@@ -62,30 +57,17 @@ def isolation() -> Iterator[dict[str, str]]:
     if reason:
         pytest.skip(reason)
     suffix = uuid.uuid4().hex[:10]
-    vhost, database = f"cs-chart-{suffix}", f"cs_chart_{suffix}"
-    subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
-    try:
-        subprocess.run(
-            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
-            check=True,
-            timeout=60,
-        )
-        subprocess.run(
-            ["createdb", "-h", "127.0.0.1", "-U", "postgres", database], check=True, timeout=60
-        )
-        try:
-            yield {"vhost": vhost, "database": database}
-        finally:
-            subprocess.run(
-                ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--force", database], timeout=60
-            )
-    finally:
-        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], timeout=60)
+    vhost = f"cs-chart-{suffix}"
+    with (
+        broker_vhost(AMQP_URL, vhost),
+        postgres_database(PG_URL, f"cs_chart_{suffix}") as database_url,
+    ):
+        yield {"vhost": vhost, "database_url": database_url}
 
 
 @pytest.fixture(scope="module")
 def http_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +105,7 @@ def _local_url(url: str, services: set[str], isolation: dict[str, str]) -> str:
     host = parts.hostname or ""
     assert host.split(".")[0] in services, f"{url!r} names no rendered Service"
     if parts.scheme.startswith("postgresql"):
-        return LOCAL_DB_URL.format(db=isolation["database"])
+        return isolation["database_url"]
     netloc = f"guest:guest@127.0.0.1:{parts.port}"
     if parts.scheme.startswith("amqp"):
         return urlunsplit((parts.scheme, netloc, "/" + quote(isolation["vhost"], safe=""), "", ""))
@@ -170,24 +152,9 @@ def _wait_http(url: str, timeout: float) -> requests.Response:
     raise AssertionError(f"{url} not 200 within {timeout} s ({last})")
 
 
-def _count_rows(database: str) -> int:
-    out = subprocess.run(
-        [
-            "psql",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-            "-tAc",
-            "SELECT count(*) FROM predictions",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    return int(out.stdout.strip()) if out.returncode == 0 else -1
+def _count_rows(isolation: dict[str, str]) -> int:
+    with ResultsReader(Settings(database_url=isolation["database_url"])) as results:
+        return results.count()
 
 
 def test_rendered_pods_run_end_to_end(
@@ -228,9 +195,9 @@ def test_rendered_pods_run_end_to_end(
         assert producer.returncode == 0, producer.stdout + producer.stderr
 
         deadline = time.monotonic() + 90
-        while _count_rows(isolation["database"]) < RECORDS and time.monotonic() < deadline:
+        while _count_rows(isolation) < RECORDS and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert _count_rows(isolation["database"]) == RECORDS
+        assert _count_rows(isolation) == RECORDS
 
         # KEDA's view: the management URL from the Secret + the trigger's queueName and vhost.
         (scaled,) = by_kind(docs, "ScaledObject")

@@ -1,45 +1,41 @@
-"""A fleet of `creditstream consume` subprocesses whose /metrics are remembered past their death."""
+"""A fleet of `creditstream consume` processes whose /metrics are remembered past their death."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import urllib.error
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from creditstream.harness.metrics import Metrics
+from creditstream.harness.processes import Process
 from creditstream.settings import Settings
-from tests.helpers import Processes, free_port, scrape_metric, wait_until
-
-# What a fault test reads from each consumer's /metrics.
-WATCHED = (
-    "creditstream_redelivered_messages_total",
-    "creditstream_duplicate_records_total",
-    "creditstream_broker_reconnects_total",
-    "creditstream_store_errors_total",
-    "creditstream_scoring_failures_total",
-    'creditstream_records_total{outcome="scored"}',
-    'creditstream_records_total{outcome="rejected"}',
-)
+from tests.helpers import Processes, wait_until
 
 
 @dataclass
 class Member:
-    """One consumer process and the last metric values read from it."""
+    """One consumer process; `last` is its last scrape (kept after it died)."""
 
-    process: subprocess.Popen[bytes]
-    port: int
-    last: dict[str, float] = field(default_factory=dict)
+    process: Process
+
+    @property
+    def port(self) -> int | None:
+        """Its HTTP port."""
+        return self.process.port
 
     @property
     def alive(self) -> bool:
         """Still running."""
-        return self.process.poll() is None
+        return self.process.alive
 
     @property
     def log(self) -> str:
         """Everything it wrote so far."""
-        return Path(self.process.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+        return self.process.log_text()
+
+    @property
+    def last(self) -> Metrics:
+        """`member.last['name{label="v"}']`: a series of its last scrape (0 when absent)."""
+        return self.process.last_metrics
 
 
 @dataclass
@@ -54,13 +50,12 @@ class Fleet:
 
     def start(self) -> Member:
         """Start one more consumer with an HTTP port of its own; wait until it serves."""
-        port = free_port()
         process = self.processes.start(
-            ["consume", "--http-port", str(port), *self.args], self.settings, "consumer"
+            ["consume", *self.args], self.settings, "consumer", http=True
         )
-        member = Member(process, port)
+        member = Member(process)
         self.members.append(member)
-        wait_until(lambda: self._serving(member), timeout=60, message=f"consumer on :{port}")
+        wait_until(lambda: self._serving(member), timeout=60, message=f"consumer {process.port}")
         return member
 
     def _serving(self, member: Member) -> bool:
@@ -68,14 +63,8 @@ class Fleet:
         return self.scrape(member)
 
     def scrape(self, member: Member) -> bool:
-        """Remember the member's current metric values; False if it did not answer."""
-        if not member.alive:
-            return False
-        try:
-            member.last = {name: scrape_metric(member.port, name) for name in WATCHED}
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return True
+        """Remember the member's current metrics; False if it did not answer."""
+        return member.process.scrape() is not None
 
     def scrape_all(self) -> None:
         """Scrape every live member."""
@@ -94,13 +83,10 @@ class Fleet:
         return [m for m in self.members if m.alive]
 
     def stop(self) -> list[int]:
-        """Final scrape, then SIGTERM every live member; their exit codes."""
+        """Final scrape, then SIGTERM every live member (SIGKILL after 60 s); exit codes."""
         self.scrape_all()
-        live = self.live()
-        for member in live:
-            member.process.send_signal(signal.SIGTERM)
-        return [member.process.wait(timeout=60) for member in live]
+        return self.processes.group.stop([m.process for m in self.live()], timeout_s=60)
 
     def total(self, name: str) -> float:
         """Sum over every member, dead ones included (their last scraped value)."""
-        return sum(member.last.get(name, 0.0) for member in self.members)
+        return sum(member.last[name] for member in self.members)

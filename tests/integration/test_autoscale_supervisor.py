@@ -1,4 +1,4 @@
-"""The supervisor driven by the local KEDA rule against the real broker and real consumers."""
+"""LocalKeda (depth -> KEDA + HPA rule -> supervisor) against the real broker and consumers."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 
 from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reader_for
 from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
-from creditstream.autoscale.supervisor import Supervisor
-from creditstream.demo.summary import PredictionsReader
 from creditstream.harness import isolated_run
+from creditstream.harness.keda import LocalKeda, QueueLengthTrigger
+from creditstream.harness.results import ResultsReader
+from creditstream.harness.supervisor import Supervisor
 from creditstream.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -52,10 +53,6 @@ def publish_backlog(settings: Settings, records: int, run_id: str) -> None:
     assert report.unconfirmed == 0
 
 
-def store(settings: Settings) -> PredictionsReader:
-    return PredictionsReader(Path(settings.database_url.get_secret_value()[len("sqlite:///") :]))
-
-
 def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -71,37 +68,27 @@ def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
     )
     expected_peak = min(config.max_replica_count, math.ceil(backlog / config.value))
     publish_backlog(settings, backlog, f"scale-{uuid.uuid4().hex[:6]}")
-    reader = depth_reader_for(
-        settings.amqp_url.get_secret_value(),
-        settings.requests_queue,
-        management_url=None,
-        protocol="http",
-    )
-    scaler = KedaHpaAutoscaler(config, created_at=0)
-    results = store(settings)
-    history: list[tuple[float, int, int, int]] = []
-    desired = 0
+    trigger = QueueLengthTrigger(depth_reader_for(settings, settings.requests_queue))
+    results = ResultsReader(settings)
+    history: list[tuple[float, float | None, int, int]] = []
     t0 = time.monotonic()
-    with Supervisor(settings, log_dir=tmp_path / "consumers", stop_timeout_s=30) as supervisor:
+    with Supervisor(settings, tmp_path / "consumers", stop_timeout_s=30) as supervisor:
+        keda = LocalKeda(KedaHpaAutoscaler(config, created_at=0), supervisor, [trigger])
         while True:
-            t = time.monotonic() - t0
-            depth = reader.read().messages
-            desired, _ = scaler.step(t, depth, desired)
-            supervisor.scale_to(desired)
-            scored = results.count()
-            history.append((t, depth, desired, supervisor.running))
+            tick = keda.tick(time.monotonic() - t0)
+            history.append((tick.at, tick.metrics["QueueLength"], tick.desired, supervisor.running))
             if (
-                scored >= backlog
-                and desired == 0
+                results.count() >= backlog
+                and tick.desired == 0
                 and supervisor.running == 0
                 and supervisor.draining == 0
             ):
                 break
-            assert t < 180, f"did not settle: last samples {history[-5:]}"
+            assert tick.at < 180, f"did not settle: last samples {history[-5:]}"
             time.sleep(0.25)
         exit_codes = list(supervisor.exit_codes)
         restarts = supervisor.restarts
-    reader.close()
+    keda.close()
 
     peak = max(running for _, _, _, running in history)
     assert peak == expected_peak, history
@@ -110,32 +97,21 @@ def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
     assert counts.rows == counts.distinct_requests == backlog  # none lost, none twice
     assert exit_codes and set(exit_codes) == {0}  # every consumer drained on SIGTERM
     assert restarts == 0
-    leftover = PassiveDeclareReader(settings.amqp_url.get_secret_value(), settings.requests_queue)
+    leftover = PassiveDeclareReader(settings, settings.requests_queue)
     assert leftover.read().ready == 0
     leftover.close()
 
 
 def all_ready(supervisor: Supervisor) -> bool:
     """Every process answers /readyz 200 (its SIGTERM handler is installed by then)."""
-    import urllib.error
-    import urllib.request
-
-    for process in supervisor.processes:
-        url = process.metrics_url.replace("/metrics", "/readyz")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status != 200:
-                    return False
-        except (urllib.error.URLError, OSError):
-            return False
-    return True
+    return all(process.ready() for process in supervisor.processes)
 
 
 def test_scale_down_mid_backlog_loses_nothing(settings: Settings, tmp_path: Path) -> None:
     backlog = 6000
     publish_backlog(settings, backlog, f"down-{uuid.uuid4().hex[:6]}")
-    results = store(settings)
-    with Supervisor(settings, log_dir=tmp_path / "consumers", stop_timeout_s=30) as supervisor:
+    results = ResultsReader(settings)
+    with Supervisor(settings, tmp_path / "consumers", stop_timeout_s=30) as supervisor:
         supervisor.scale_to(3)
         deadline = time.monotonic() + 60
         # NOTE: a process that gets SIGTERM while still importing dies by the signal (-15)
@@ -163,7 +139,7 @@ def test_scale_down_mid_backlog_loses_nothing(settings: Settings, tmp_path: Path
 
 def test_crashed_consumer_is_restarted(settings: Settings, tmp_path: Path) -> None:
     with Supervisor(
-        settings, log_dir=tmp_path / "consumers", restart_backoff_s=0.2, stop_timeout_s=30
+        settings, tmp_path / "consumers", restart_backoff_s=0.2, stop_timeout_s=30
     ) as supervisor:
         supervisor.scale_to(1)
         first = supervisor.processes[0]

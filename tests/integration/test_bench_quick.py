@@ -16,7 +16,6 @@ import pika.exceptions
 import pytest
 from sqlalchemy import create_engine, text
 
-from creditstream.bench.isolation import isolated
 from creditstream.bench.plan import BenchPlan, ConsumerCase
 from creditstream.bench.report import sanity_problems
 from creditstream.bench.runner import (
@@ -26,6 +25,7 @@ from creditstream.bench.runner import (
     run_latency,
     run_producer,
     run_seed_style,
+    scenario,
 )
 from creditstream.settings import REPO_ROOT, Settings
 from tests.helpers import AMQP_URL, MODELS, PG_URL
@@ -97,7 +97,7 @@ def _assert_measured(entry: dict[str, Any], records: int) -> None:
 
 
 def test_isolation_removes_queues_and_schema(ctx: BenchContext) -> None:
-    with isolated(ctx.base, "isolation", "postgresql", ctx.work_dir, ctx.pg_url) as settings:
+    with scenario(ctx, "isolation", "postgresql") as settings:
         assert _queue_exists(settings.requests_queue)
         assert settings.database_schema and _schema_exists(settings.database_schema)
         assert settings.requests_queue != ctx.base.requests_queue

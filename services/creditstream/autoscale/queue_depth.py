@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 if TYPE_CHECKING:
     from pika import BlockingConnection
 
+    from creditstream.settings import Settings
+
 DepthSource = Literal["management-api", "amqp-passive-declare"]
 
 MANAGEMENT_SOURCE: Final[DepthSource] = "management-api"
@@ -161,16 +163,18 @@ class ManagementApiReader:
 class PassiveDeclareReader:
     """Reads the ready count by passive queue.declare over AMQP (KEDA `protocol: amqp`)."""
 
-    def __init__(self, amqp_url: str, queue: str) -> None:
-        self.amqp_url = amqp_url
+    def __init__(self, settings: Settings, queue: str) -> None:
+        self.settings = settings
         self.queue = queue
         self._connection: BlockingConnection | None = None
 
     def _channel(self) -> Any:
         import pika
 
+        from creditstream.broker import connection_parameters
+
         if self._connection is None or self._connection.is_closed:
-            params = pika.URLParameters(self.amqp_url)
+            params = connection_parameters(self.settings, name="creditstream-queue-depth")
             params.connection_attempts = 1
             params.socket_timeout = 3
             self._connection = pika.BlockingConnection(params)
@@ -237,12 +241,16 @@ class FallbackDepthReader:
 
 
 def depth_reader_for(
-    amqp_url: str, queue: str, *, management_url: str | None, protocol: str = "http"
+    settings: Settings, queue: str, *, protocol: str = "http"
 ) -> FallbackDepthReader:
     """The reader KEDA's `protocol` implies: http/auto try the management API first."""
+    amqp_url = settings.amqp_url.get_secret_value()
     primary = None
     if protocol != "amqp":
-        primary = ManagementApiReader(
-            management_url or management_url_from_amqp(amqp_url), queue, vhost=vhost_of(amqp_url)
+        management_url = (
+            settings.management_url.get_secret_value()
+            if settings.management_url is not None
+            else management_url_from_amqp(amqp_url)
         )
-    return FallbackDepthReader(primary, PassiveDeclareReader(amqp_url, queue))
+        primary = ManagementApiReader(management_url, queue, vhost=vhost_of(amqp_url))
+    return FallbackDepthReader(primary, PassiveDeclareReader(settings, queue))

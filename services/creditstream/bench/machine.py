@@ -62,9 +62,11 @@ def rabbitmq_version(settings: Settings) -> str:
     """The broker's own `version` server property (AMQP handshake), else `rabbitmqctl version`."""
     import pika
 
+    from creditstream.broker import connection_parameters
+
     try:
         connection = pika.BlockingConnection(
-            pika.URLParameters(settings.amqp_url.get_secret_value())
+            connection_parameters(settings, name="creditstream-bench")
         )
         try:
             properties = connection._impl.server_properties or {}  # NOTE: pika has no public getter

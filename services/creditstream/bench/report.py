@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from creditstream.bench.plan import STORES, Store
+from creditstream.bench.plan import STORES, BenchPlan, Store
 
 CEILING: Final = "ceiling"
 SEED_STYLE: Final = "seed-style"
@@ -464,3 +464,58 @@ def print_tables(report: Mapping[str, Any], console: Any) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+
+
+REPRODUCE: Final = """Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on
+127.0.0.1:5432 (database `test`, user `postgres`), as `make services` checks; the seed-style
+baseline also needs the UCI data set (CREDITSTREAM_DATA_PATH, default
+`../shared/data/UCI_Credit_Card.csv`).
+
+```bash
+make bench                                          # full run (< 10 min): rewrites this file
+make bench-quick                                    # CI sanity run (< 2 min), .cache/bench-quick/
+.venv/bin/creditstream bench --out /tmp/bench       # full run elsewhere
+.venv/bin/creditstream bench --pg-url postgresql+psycopg://user@host/db
+```
+
+`benchmarks.json` beside this file holds every figure in machine-readable form. Run on a quiet
+machine: other load changes absolute numbers much more than the ratios."""
+
+
+def method_lines(plan: BenchPlan) -> list[str]:
+    """How each figure was obtained (goes into the report)."""
+    return [
+        "Isolation: every scenario declares its own exchanges and quorum requests queue "
+        "(x-delivery-limit and dead-lettering as in production) and its own PostgreSQL schema "
+        "or SQLite file; all are deleted afterwards.",
+        "Queues are pre-filled with `creditstream produce --synthetic` (SYNTHETIC records from "
+        "the model card) before the consumer under test starts: producer and consumer never "
+        "share the two cores while a drain is timed.",
+        "creditstream drain = first receive (min `received_at` in the store) → last durable "
+        "write (max `scored_at` in the store + the consumers' mean store-transaction time from "
+        "their /metrics); rec/s = stored rows / drain. The stored row count must equal the "
+        "records sent, and every consumer must exit 0 on SIGTERM.",
+        f"creditstream consumers run as real `creditstream consume` processes with the default "
+        f"settings: prefetch {plan.prefetch}, batch {plan.batch_size} records, flush timeout "
+        "20 ms, onnxruntime 1 thread, SQLite synchronous=FULL (WAL), PostgreSQL default commit.",
+        "ceiling: a no-op pika consumer process (JSON decode + basic_ack multiple=True per "
+        f"{plan.batch_size} messages or when idle) with the same queue type and prefetch; "
+        "timed in-process from first delivery to last ack.",
+        "seed-style: one record per message, the project's scikit-learn pipeline (the model "
+        "card's chosen candidate, fitted on the training split, cached under .cache/bench/) "
+        "`predict_proba` per record (OMP_NUM_THREADS=1, like creditstream's single ONNX "
+        "thread), one INSERT + COMMIT per record into PostgreSQL, one ack per message; "
+        "timed in-process from first delivery to last ack, bounded to "
+        f"{plan.seed_style_messages} messages or {plan.seed_style_max_s:g} s.",
+        "producer: `creditstream produce --synthetic` (windowed publisher confirms, persistent "
+        "messages) into a queue with no consumer; rate = confirmed records / publishing time as "
+        "reported by the producer (interpreter start-up excluded).",
+        f"latency: `PredictionClient` (direct reply-to), one record per request, open-loop "
+        f"schedule fixed in advance for {plan.latency_duration_s:g} s per rate after "
+        f"{plan.latency_warmup} warm-up requests; latency = reply received − scheduled send "
+        "time (no coordinated omission); one consumer, PostgreSQL store.",
+        "cold start: `creditstream consume` process start → first HTTP 200 from /readyz "
+        "(polled every 20 ms; the queue is already full, as after a KEDA scale-up); peak RSS = "
+        "max of psutil RSS samples and the kernel's VmHWM. Target figures are the worst of the "
+        "1-process scenarios.",
+    ]

@@ -1,9 +1,9 @@
 """The benchmark driver: pre-fill, drain, time, and write the report.
 
-Every scenario declares its own exchanges and (quorum) queues and its own PostgreSQL schema or
-SQLite file, and removes them in `finally`. Queues are filled by `creditstream produce` before
-the consumer under test starts, so producer and consumer never share the two cores while the
-drain is timed.
+Every scenario is an isolated run (creditstream.harness): its own exchanges and (quorum)
+queues and its own PostgreSQL schema or SQLite file, removed afterwards. Queues are filled by
+`creditstream produce` before the consumer under test starts, so producer and consumer never
+share the two cores while the drain is timed.
 """
 
 from __future__ import annotations
@@ -13,25 +13,22 @@ import functools
 import json
 import logging
 import math
-import os
 import re
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from creditstream.autoscale.supervisor import free_port, settings_env
 from creditstream.bench import report as bench_report
-from creditstream.bench.isolation import isolated
 from creditstream.bench.machine import load_average, machine_info, versions
-from creditstream.bench.plan import BenchPlan, ConsumerCase, build_plan
+from creditstream.bench.plan import BenchPlan, ConsumerCase, Store, build_plan
 from creditstream.bench.stats import DrainTiming, rate
+from creditstream.harness.isolation import isolated_run, unique_tag
+from creditstream.harness.processes import Process, ProcessGroup, cli_command, process_env, run_cli
+from creditstream.harness.results import ResultsReader
 from creditstream.settings import REPO_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -40,21 +37,7 @@ DEFAULT_PG_URL: Final = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 _SUMMARY = re.compile(r"produced (\d+) records in (\d+) messages in ([\d.]+) s")
 _READY_POLL_S: Final = 0.02
 _PROGRESS_POLL_S: Final = 0.2
-
-REPRODUCE: Final = """Needs RabbitMQ on 127.0.0.1:5672 (guest/guest) and PostgreSQL on
-127.0.0.1:5432 (database `test`, user `postgres`), as `make services` checks; the seed-style
-baseline also needs the UCI data set (CREDITSTREAM_DATA_PATH, default
-`../shared/data/UCI_Credit_Card.csv`).
-
-```bash
-make bench                                          # full run (< 10 min): rewrites this file
-make bench-quick                                    # CI sanity run (< 2 min), .cache/bench-quick/
-.venv/bin/creditstream bench --out /tmp/bench       # full run elsewhere
-.venv/bin/creditstream bench --pg-url postgresql+psycopg://user@host/db
-```
-
-`benchmarks.json` beside this file holds every figure in machine-readable form. Run on a quiet
-machine: other load changes absolute numbers much more than the ratios."""
+_SCORED: Final = 'creditstream_records_total{outcome="scored"}'
 
 
 @dataclass
@@ -71,56 +54,56 @@ class BenchContext:
     started: float = field(default_factory=time.monotonic)
 
 
-# --- subprocess helpers ---------------------------------------------------------------------
-def _cli() -> list[str]:
-    return [sys.executable, "-m", "creditstream.cli"]
+# --- processes -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def scenario(ctx: BenchContext, name: str, store: Store) -> Iterator[Settings]:
+    """An isolated run for one scenario (its tag is the run id, for logs and message ids)."""
+    tag = unique_tag(name)
+    with isolated_run(
+        ctx.base,
+        f"creditstream.bench.{tag}",
+        store=store,
+        sqlite_file=ctx.work_dir / f"{tag}.sqlite",
+        pg_url=ctx.pg_url,
+        run_id=tag,
+    ) as settings:
+        yield settings
 
 
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITSTREAM_")}
-    env.update(settings_env(settings))
-    env.update(extra)
-    return env
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    with contextlib.suppress(OSError):
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    return ""
+def _run(
+    ctx: BenchContext, settings: Settings, log_name: str, args: list[str], **kwargs: Any
+) -> tuple[int, str]:
+    """Run a process to its end, stderr into WORK_DIR/LOG_NAME.log; (exit code, stdout)."""
+    done = run_cli(args, settings, **kwargs)
+    (ctx.work_dir / f"{log_name}.log").write_text(done.stderr)
+    if not done.stdout.strip():
+        tail = " | ".join(done.stderr.strip().splitlines()[-8:])
+        raise RuntimeError(f"{args[0]} exited {done.returncode} without a result: {tail}")
+    return done.returncode, done.stdout
 
 
 def produce(
     ctx: BenchContext, settings: Settings, records: int, per_message: int
 ) -> dict[str, Any]:
     """`creditstream produce --synthetic` into the scenario's queue; its confirmed rate."""
-    log_path = ctx.work_dir / f"{settings.run_id}-producer-{per_message}rpm.log"
-    command = [
-        *_cli(),
-        "produce",
-        "--synthetic",
-        "--limit",
-        str(records),
+    args = ["produce", "--synthetic", "--limit", str(records), "--no-progress"]
+    args += [
         "--records-per-message",
         str(per_message),
         "--run-id",
         f"{settings.run_id}-{per_message}",
-        "--no-progress",
     ]
-    with log_path.open("w") as handle:
-        done = subprocess.run(
-            command,
-            env=_env(settings, CREDITSTREAM_LOG_FORMAT="json"),
-            stdout=subprocess.PIPE,
-            stderr=handle,
-            text=True,
-            timeout=max(120.0, records / 1000),
-            check=False,
-        )
-    match = _SUMMARY.search(done.stdout)
-    if done.returncode != 0 or match is None:
-        raise RuntimeError(
-            f"producer exited {done.returncode}: {done.stdout.strip()} {_tail(log_path)}"
-        )
+    code, out = _run(
+        ctx,
+        settings,
+        f"{settings.run_id}-producer-{per_message}rpm",
+        args,
+        timeout=max(120.0, records / 1000),
+        CREDITSTREAM_LOG_FORMAT="json",
+    )
+    match = _SUMMARY.search(out)
+    if code != 0 or match is None:
+        raise RuntimeError(f"producer exited {code}: {out.strip()}")
     confirmed, messages, seconds = int(match[1]), int(match[2]), float(match[3])
     if confirmed != records:
         raise RuntimeError(f"producer confirmed {confirmed} of {records} records")
@@ -136,26 +119,21 @@ def produce(
 def _run_reference(
     ctx: BenchContext, settings: Settings, module: str, args: list[str], timeout: float
 ) -> dict[str, Any]:
-    log_path = ctx.work_dir / f"{settings.run_id}.log"
-    with log_path.open("w") as handle:
-        done = subprocess.run(
-            [sys.executable, "-m", module, *args],
-            # NOTE: one inference thread, like creditstream's onnxruntime session: OpenMP's
-            # default (a spinning thread per core) made scikit-learn ~10x slower per record on
-            # this shared 2-core box, which would flatter creditstream's ratio.
-            env=_env(settings, OMP_NUM_THREADS="1"),
-            stdout=subprocess.PIPE,
-            stderr=handle,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    lines = done.stdout.strip().splitlines()
-    if not lines:
-        raise RuntimeError(f"{module} exited {done.returncode} without a result: {_tail(log_path)}")
-    result: dict[str, Any] = json.loads(lines[-1])
+    # NOTE: one inference thread, like creditstream's onnxruntime session: OpenMP's default (a
+    # spinning thread per core) made scikit-learn ~10x slower per record on this shared 2-core
+    # box, which would flatter creditstream's ratio.
+    code, out = _run(
+        ctx,
+        settings,
+        str(settings.run_id),
+        args,
+        timeout=timeout,
+        command=[sys.executable, "-m", module],
+        OMP_NUM_THREADS="1",
+    )
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if result.get("first_receive") is None:
-        raise RuntimeError(f"{module} received nothing: {_tail(log_path)}")
+        raise RuntimeError(f"{module} received nothing")
     timing = DrainTiming(result["first_receive"], result["last_ack"], result["records"])
     return {
         "records": result["records"],
@@ -163,7 +141,7 @@ def _run_reference(
         "seconds": timing.seconds,
         "records_per_s": timing.records_per_s,
         "messages_per_s": rate(result["messages"], timing.seconds),
-        "exit_code": done.returncode,
+        "exit_code": code,
     }
 
 
@@ -171,8 +149,8 @@ def _run_reference(
 def run_producer(ctx: BenchContext, per_message: int) -> dict[str, Any]:
     """Publish rate with confirms into a queue nobody consumes."""
     records = ctx.plan.producer_records[per_message]
-    with isolated(ctx.base, f"producer{per_message}", "sqlite", ctx.work_dir, ctx.pg_url) as s:
-        figures = produce(ctx, s, records, per_message)
+    with scenario(ctx, f"producer{per_message}", "sqlite") as settings:
+        figures = produce(ctx, settings, records, per_message)
     return {
         "kind": "producer",
         "label": f"producer with confirms, {per_message} rec/msg",
@@ -184,7 +162,7 @@ def run_producer(ctx: BenchContext, per_message: int) -> dict[str, Any]:
 def run_ceiling(ctx: BenchContext) -> dict[str, Any]:
     """No-op consumer (decode + multi-ack) over a pre-filled quorum queue."""
     n = ctx.plan.ceiling_messages
-    with isolated(ctx.base, "ceiling", "sqlite", ctx.work_dir, ctx.pg_url) as settings:
+    with scenario(ctx, "ceiling", "sqlite") as settings:
         produce(ctx, settings, n, 1)
         figures = _run_reference(
             ctx,
@@ -218,7 +196,7 @@ def run_seed_style(ctx: BenchContext) -> dict[str, Any]:
     model = seed_style_model_path(ctx.base, ctx.cache_dir)
     n = ctx.plan.seed_style_messages
     store = bench_report.SEED_STYLE_STORE
-    with isolated(ctx.base, "seedstyle", store, ctx.work_dir, ctx.pg_url) as settings:
+    with scenario(ctx, "seedstyle", store) as settings:
         produce(ctx, settings, n, 1)
         figures = _run_reference(
             ctx,
@@ -234,7 +212,7 @@ def run_seed_style(ctx: BenchContext) -> dict[str, Any]:
             ],
             timeout=ctx.plan.seed_style_max_s + 120,
         )
-        stored = _count_rows(settings)
+        stored = ResultsReader(settings).count()
     error = None if stored == figures["records"] else f"stored {stored} of {figures['records']}"
     return {
         "kind": "seed-style",
@@ -248,150 +226,68 @@ def run_seed_style(ctx: BenchContext) -> dict[str, Any]:
     }
 
 
-def _count_rows(settings: Settings) -> int:
-    from sqlalchemy import create_engine, text
-
-    table = (
-        f'"{settings.database_schema}".predictions' if settings.database_schema else "predictions"
-    )
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
-    finally:
-        engine.dispose()
-
-
-def _store_timing(settings: Settings) -> tuple[float, float, int]:
-    """(min received_at, max scored_at, rows) from the results store, epoch seconds."""
-    from sqlalchemy import create_engine, text
-
-    table = (
-        f'"{settings.database_schema}".predictions' if settings.database_schema else "predictions"
-    )
-    engine = create_engine(settings.database_url.get_secret_value())
-    try:
-        with engine.connect() as conn:
-            low, high, rows = conn.execute(
-                text(f"SELECT min(received_at), max(scored_at), count(*) FROM {table}")
-            ).one()
-    finally:
-        engine.dispose()
-    return _epoch(low), _epoch(high), int(rows)
-
-
-def _epoch(value: Any) -> float:
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.timestamp()
-    # NOTE: SQLite returns the text layout the store wrote (UTC, no zone).
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC).timestamp()
-
-
 @dataclass
-class _Watched:
-    popen: subprocess.Popen[bytes]
-    port: int
-    started: float
-    log_path: Path
+class Watched:
+    """A consumer under test: when it first answered /readyz, and its peak resident memory."""
+
+    process: Process
     ready_after: float | None = None
     peak_rss: int = 0
 
+    def poll(self) -> None:
+        """Readiness (cold start) and an RSS sample; raise if the process died."""
+        import psutil
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except OSError:
-        return 0, ""
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    want = "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else ""
-    for line in text.splitlines():
-        if line.startswith(name + want + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-def _peak_rss_kernel(pid: int) -> int:
-    """VmHWM (the kernel's peak resident set) in bytes; 0 where /proc is unavailable."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def start_consumers(ctx: BenchContext, settings: Settings, count: int, name: str) -> list[_Watched]:
-    """Start `creditstream consume` processes, each with its own HTTP port and log."""
-    watched = []
-    for index in range(count):
-        port = free_port()
-        log_path = ctx.work_dir / f"{name}-consumer{index}.log"
-        with log_path.open("wb") as handle:
-            started = time.monotonic()
-            popen = subprocess.Popen(
-                [*_cli(), "consume"],
-                env=_env(
-                    settings,
-                    CREDITSTREAM_HTTP_PORT=str(port),
-                    CREDITSTREAM_HTTP_HOST="127.0.0.1",
-                    CREDITSTREAM_LOG_FORMAT="json",
-                ),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+        if not self.process.alive:
+            raise RuntimeError(
+                f"consumer exited {self.process.returncode}: {self.process.log_tail()}"
             )
-        watched.append(_Watched(popen, port, started, log_path))
-    return watched
+        if self.ready_after is None and self.process.ready():
+            self.ready_after = time.monotonic() - self.process.started_at
+        with contextlib.suppress(psutil.Error):
+            rss = psutil.Process(self.process.pid).memory_info().rss
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def peak_rss_kernel(self) -> None:
+        """Fold in VmHWM, the kernel's peak resident set (/proc; Linux only)."""
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_rss = max(self.peak_rss, int(line.split()[1]) * 1024)
 
 
-def _poll_once(process: _Watched) -> None:
-    import psutil
+@contextlib.contextmanager
+def consumers(ctx: BenchContext, settings: Settings, count: int) -> Iterator[list[Watched]]:
+    """`creditstream consume` processes with ports of their own, ready (polled every 20 ms).
 
-    now = time.monotonic()
-    if process.ready_after is None:
-        status, _ = _get(f"http://127.0.0.1:{process.port}/readyz")
-        if status == 200:
-            process.ready_after = now - process.started
-    with contextlib.suppress(psutil.Error):
-        process.peak_rss = max(
-            process.peak_rss, psutil.Process(process.popen.pid).memory_info().rss
+    On exit: SIGTERM (the consumer drains and exits 0), SIGKILL after 30 s; `codes` of the
+    group then holds the exit codes.
+    """
+    group = ProcessGroup(ctx.work_dir, settings, stop_timeout_s=30)
+    watched = [
+        Watched(
+            group.start(
+                ["consume"],
+                name=f"{settings.run_id}-consumer",
+                http=True,
+                CREDITSTREAM_LOG_FORMAT="json",
+            )
         )
-
-
-def wait_ready(processes: list[_Watched], timeout: float) -> None:
-    """Poll /readyz every 20 ms until every process answers 200 (cold start)."""
-    deadline = time.monotonic() + timeout
-    while any(p.ready_after is None for p in processes):
-        for p in processes:
-            if p.popen.poll() is not None:
-                raise RuntimeError(f"consumer exited {p.popen.returncode}: {_tail(p.log_path)}")
-            _poll_once(p)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"consumer not ready within {timeout:g} s")
-        time.sleep(_READY_POLL_S)
-
-
-def stop_consumers(processes: list[_Watched]) -> list[int | None]:
-    """SIGTERM (the consumer drains and exits 0); SIGKILL after 30 s."""
-    for p in processes:
-        p.peak_rss = max(p.peak_rss, _peak_rss_kernel(p.popen.pid))
-        if p.popen.poll() is None:
-            p.popen.send_signal(signal.SIGTERM)
-    codes: list[int | None] = []
-    for p in processes:
-        try:
-            codes.append(p.popen.wait(timeout=30))
-        except subprocess.TimeoutExpired:
-            p.popen.kill()
-            p.popen.wait()
-            codes.append(None)
-    return codes
+        for _ in range(count)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while any(w.ready_after is None for w in watched):
+            for w in watched:
+                w.poll()
+            if time.monotonic() > deadline:
+                raise RuntimeError("consumer not ready within 60 s")
+            time.sleep(_READY_POLL_S)
+        yield watched
+    finally:
+        for w in watched:
+            w.peak_rss_kernel()
+        group.stop_all()
 
 
 def run_consumer_case(ctx: BenchContext, case: ConsumerCase) -> dict[str, Any]:
@@ -404,61 +300,57 @@ def run_consumer_case(ctx: BenchContext, case: ConsumerCase) -> dict[str, Any]:
         "records_per_message": case.records_per_message,
     }
     name = f"cs{case.processes}p{case.store[:2]}{case.records_per_message}"
-    partial: tuple[float, float, int] | None = None
-    with isolated(ctx.base, name, case.store, ctx.work_dir, ctx.pg_url) as settings:
+    bounded = False
+    with scenario(ctx, name, case.store) as settings:
         produce(ctx, settings, case.records, case.records_per_message)
-        processes = start_consumers(ctx, settings, case.processes, settings.run_id or name)
-        codes: list[int | None] = []
-        try:
-            wait_ready(processes, timeout=60)
+        results = ResultsReader(settings)
+        with consumers(ctx, settings, case.processes) as watched:
             deadline = time.monotonic() + ctx.plan.drain_timeout_s
             while True:
-                texts = [_get(f"http://127.0.0.1:{p.port}/metrics")[1] for p in processes]
-                scored = sum(
-                    _metric(t, "creditstream_records_total", outcome="scored") for t in texts
-                )
-                store_sum = sum(_metric(t, "creditstream_store_seconds_sum") for t in texts)
-                store_count = sum(_metric(t, "creditstream_store_seconds_count") for t in texts)
-                if scored >= case.records:
+                for w in watched:
+                    w.process.scrape()
+                    w.poll()
+                metrics = [w.process.last_metrics for w in watched]
+                if sum(m[_SCORED] for m in metrics) >= case.records:
                     break
-                for p in processes:
-                    if p.popen.poll() is not None:
-                        raise RuntimeError(
-                            f"consumer exited {p.popen.returncode}: {_tail(p.log_path)}"
-                        )
-                    _poll_once(p)
                 if time.monotonic() > deadline:
                     # NOTE: bounded in time: measure what was stored so far, before stopping.
-                    partial = _store_timing(settings)
+                    bounded = True
                     break
                 time.sleep(_PROGRESS_POLL_S)
-        finally:
-            codes = stop_consumers(processes)
-        first, last_scored, rows = partial or _store_timing(settings)
+            store_sum = sum(m.value("creditstream_store_seconds_sum") for m in metrics)
+            store_count = sum(m.value("creditstream_store_seconds_count") for m in metrics)
+            partial = results.timing() if bounded else None
+        codes = [w.process.returncode for w in watched]
+        timing = partial if bounded else results.timing()
+        results.close()
+    first, last_scored, rows = (
+        (timing.first_received, timing.last_scored, timing.rows) if timing else (0.0, 0.0, 0)
+    )
     mean_write = store_sum / store_count if store_count else 0.0
-    timing = DrainTiming(first, last_scored + mean_write, rows)
+    drain = DrainTiming(first, last_scored + mean_write, rows)
     errors = []
-    if partial is None and rows != case.records:
+    if not bounded and rows != case.records:
         errors.append(f"stored {rows} rows for {case.records} records")
-    if partial is not None and rows == 0:
+    if bounded and rows == 0:
         errors.append(f"nothing stored within {ctx.plan.drain_timeout_s:g} s")
-    if partial is None and any(code != 0 for code in codes):
+    if not bounded and any(code != 0 for code in codes):
         errors.append(f"consumer exit codes {codes} (expected 0 after SIGTERM)")
     messages = math.ceil(rows / case.records_per_message)
     entry.update(
         {
             "records": rows,
             "messages": messages,
-            "seconds": timing.seconds,
-            "records_per_s": timing.records_per_s,
-            "messages_per_s": rate(messages, timing.seconds),
+            "seconds": drain.seconds,
+            "records_per_s": drain.records_per_s,
+            "messages_per_s": rate(messages, drain.seconds),
             "mean_store_write_ms": mean_write * 1000,
-            "cold_start_s": max(p.ready_after or math.inf for p in processes),
-            "peak_rss_mb": max(p.peak_rss for p in processes) / 2**20,
+            "cold_start_s": max(w.ready_after or math.inf for w in watched),
+            "peak_rss_mb": max(w.peak_rss for w in watched) / 2**20,
             "error": "; ".join(errors) or None,
         }
     )
-    if partial is not None:
+    if bounded:
         entry["note"] = (
             f"bounded: {rows} of {case.records} records stored within "
             f"{ctx.plan.drain_timeout_s:g} s"
@@ -477,24 +369,22 @@ def run_latency(ctx: BenchContext) -> list[dict[str, Any]]:
     card = load_model_card(ctx.base.resolved_model_card_path)
     records = list(iter_synthetic_records(card.document, 5_000, ctx.base.seed))
     results: list[dict[str, Any]] = []
-    with isolated(ctx.base, "latency", "postgresql", ctx.work_dir, ctx.pg_url) as settings:
-        processes = start_consumers(ctx, settings, 1, settings.run_id or "latency")
-        try:
-            wait_ready(processes, timeout=60)
-            with PredictionClient(settings, connect_wait_s=10) as client:
-                client.predict_many(records[: ctx.plan.latency_warmup], timeout=30)
-                for offered in ctx.plan.latency_rates:
-                    result = measure_latency(client, records, offered, ctx.plan.latency_duration_s)
-                    results.append(
-                        {"store": "postgresql", "duration_s": ctx.plan.latency_duration_s}
-                        | result.as_dict()
-                    )
-                    ctx.say(
-                        f"  latency at {offered:,.0f} rec/s: p50 {result.summary.p50_ms:.2f} ms, "
-                        f"p99 {result.summary.p99_ms:.2f} ms"
-                    )
-        finally:
-            stop_consumers(processes)
+    with (
+        scenario(ctx, "latency", "postgresql") as settings,
+        consumers(ctx, settings, 1),
+        PredictionClient(settings, connect_wait_s=10) as client,
+    ):
+        client.predict_many(records[: ctx.plan.latency_warmup], timeout=30)
+        for offered in ctx.plan.latency_rates:
+            result = measure_latency(client, records, offered, ctx.plan.latency_duration_s)
+            results.append(
+                {"store": "postgresql", "duration_s": ctx.plan.latency_duration_s}
+                | result.as_dict()
+            )
+            ctx.say(
+                f"  latency at {offered:,.0f} rec/s: p50 {result.summary.p50_ms:.2f} ms, "
+                f"p99 {result.summary.p99_ms:.2f} ms"
+            )
     return results
 
 
@@ -506,17 +396,17 @@ def run_profile(ctx: BenchContext, case: ConsumerCase, records: int) -> dict[str
     if binary is None:
         return {"label": case.label, "skipped": "py-spy not installed (dev extra)"}
     name = f"prof{case.store[:2]}{case.records_per_message}"
-    with isolated(ctx.base, name, case.store, ctx.work_dir, ctx.pg_url) as settings:
+    with scenario(ctx, name, case.store) as settings:
         produce(ctx, settings, records, case.records_per_message)
         summary = run_profiled(
             binary,
             ctx.work_dir / f"{settings.run_id}.pyspy.txt",
-            [*_cli(), "consume", "--exit-when-idle", "2", "--http-port", "0"],
-            _env(settings, CREDITSTREAM_LOG_FORMAT="json"),
+            cli_command("consume", "--exit-when-idle", "2", "--http-port", "0"),
+            process_env(settings, CREDITSTREAM_LOG_FORMAT="json"),
             ctx.work_dir / f"{settings.run_id}.pyspy.log",
             timeout=ctx.plan.drain_timeout_s + 30,
         )
-        stored = _count_rows(settings)
+        stored = ResultsReader(settings).count()
     return {
         "label": f"{case.label} ({records:,} records, py-spy 100 Hz)",
         "records": stored,
@@ -533,14 +423,14 @@ def run_producer_profile(ctx: BenchContext, per_message: int) -> dict[str, Any]:
     if binary is None:
         return {"label": label, "skipped": "py-spy not installed (dev extra)"}
     records = ctx.plan.producer_records[per_message]
-    with isolated(ctx.base, f"profprod{per_message}", "sqlite", ctx.work_dir, ctx.pg_url) as s:
-        command = [*_cli(), "produce", "--synthetic", "--limit", str(records)]
-        command += ["--records-per-message", str(per_message), "--no-progress"]
+    with scenario(ctx, f"profprod{per_message}", "sqlite") as s:
+        command = cli_command("produce", "--synthetic", "--limit", str(records), "--no-progress")
+        command += ["--records-per-message", str(per_message)]
         summary = run_profiled(
             binary,
             ctx.work_dir / f"{s.run_id}.pyspy.txt",
             command,
-            _env(s, CREDITSTREAM_LOG_FORMAT="json"),
+            process_env(s, CREDITSTREAM_LOG_FORMAT="json"),
             ctx.work_dir / f"{s.run_id}.pyspy.log",
             timeout=ctx.plan.drain_timeout_s + 30,
             root=PUBLISH_FRAME,
@@ -549,45 +439,6 @@ def run_producer_profile(ctx: BenchContext, per_message: int) -> dict[str, Any]:
 
 
 # --- the run --------------------------------------------------------------------------------
-def method_lines(plan: BenchPlan) -> list[str]:
-    """How each figure was obtained (goes into the report)."""
-    return [
-        "Isolation: every scenario declares its own exchanges and quorum requests queue "
-        "(x-delivery-limit and dead-lettering as in production) and its own PostgreSQL schema "
-        "or SQLite file; all are deleted afterwards.",
-        "Queues are pre-filled with `creditstream produce --synthetic` (SYNTHETIC records from "
-        "the model card) before the consumer under test starts: producer and consumer never "
-        "share the two cores while a drain is timed.",
-        "creditstream drain = first receive (min `received_at` in the store) → last durable "
-        "write (max `scored_at` in the store + the consumers' mean store-transaction time from "
-        "their /metrics); rec/s = stored rows / drain. The stored row count must equal the "
-        "records sent, and every consumer must exit 0 on SIGTERM.",
-        f"creditstream consumers run as real `creditstream consume` processes with the default "
-        f"settings: prefetch {plan.prefetch}, batch {plan.batch_size} records, flush timeout "
-        "20 ms, onnxruntime 1 thread, SQLite synchronous=FULL (WAL), PostgreSQL default commit.",
-        "ceiling: a no-op pika consumer process (JSON decode + basic_ack multiple=True per "
-        f"{plan.batch_size} messages or when idle) with the same queue type and prefetch; "
-        "timed in-process from first delivery to last ack.",
-        "seed-style: one record per message, the project's scikit-learn pipeline (the model "
-        "card's chosen candidate, fitted on the training split, cached under .cache/bench/) "
-        "`predict_proba` per record (OMP_NUM_THREADS=1, like creditstream's single ONNX "
-        "thread), one INSERT + COMMIT per record into PostgreSQL, one ack per message; "
-        "timed in-process from first delivery to last ack, bounded to "
-        f"{plan.seed_style_messages} messages or {plan.seed_style_max_s:g} s.",
-        "producer: `creditstream produce --synthetic` (windowed publisher confirms, persistent "
-        "messages) into a queue with no consumer; rate = confirmed records / publishing time as "
-        "reported by the producer (interpreter start-up excluded).",
-        f"latency: `PredictionClient` (direct reply-to), one record per request, open-loop "
-        f"schedule fixed in advance for {plan.latency_duration_s:g} s per rate after "
-        f"{plan.latency_warmup} warm-up requests; latency = reply received − scheduled send "
-        "time (no coordinated omission); one consumer, PostgreSQL store.",
-        "cold start: `creditstream consume` process start → first HTTP 200 from /readyz "
-        "(polled every 20 ms; the queue is already full, as after a KEDA scale-up); peak RSS = "
-        "max of psutil RSS samples and the kernel's VmHWM. Target figures are the worst of the "
-        "1-process scenarios.",
-    ]
-
-
 def _attempt(ctx: BenchContext, name: str, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     started = time.monotonic()
     budget = ctx.plan.time_budget_s
@@ -714,14 +565,14 @@ def run_bench(
         }
     result["load_after"] = load_average()
     result["duration_s"] = time.monotonic() - started
-    result["method"] = method_lines(plan)
+    result["method"] = bench_report.method_lines(plan)
     result["notes"] = ctx.notes
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "benchmarks.json").write_text(
         json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8"
     )
     (out_dir / "benchmarks.md").write_text(
-        bench_report.render_markdown(result, reproduce=REPRODUCE), encoding="utf-8"
+        bench_report.render_markdown(result, reproduce=bench_report.REPRODUCE), encoding="utf-8"
     )
     bench_report.print_tables(result, console)
     problems = bench_report.sanity_problems(result)

@@ -10,58 +10,59 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from creditstream.timeline import TimelineRow
+
 
 @dataclass(frozen=True)
-class DashboardState:
-    """Everything the dashboard shows at one tick."""
+class DemoSample:
+    """One tick of the demo: its timeline row, plus what only the dashboard shows."""
 
-    elapsed_s: float
-    phase: str
-    queue_depth: int | None
-    depth_source: str
-    desired: int
-    running: int
+    row: TimelineRow
     draining: int
-    records_per_s: float | None
-    scored: int
     produced: int
-    p50_ms: float | None
-    p99_ms: float | None
-    dead_lettered: int | None
     last_decision: str
-    ready_live: int | None = None
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.1f} ms"
 
 
-def render(state: DashboardState, recent_events: Sequence[str], header: str) -> Panel:
+def _count(value: int | None, missing: str = "-") -> str:
+    return missing if value is None else f"{value:,}"
+
+
+def render(sample: DemoSample, recent_events: Sequence[str], header: str) -> Panel:
     """The rich renderable for one tick."""
+    row = sample.row
+    desired, running = row.desired_replicas or 0, row.running_replicas or 0
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
-    depth = "-" if state.queue_depth is None else f"{state.queue_depth:,}"
-    bar = "█" * min(40, (state.queue_depth or 0) // 500)
-    table.add_row("elapsed", f"{state.elapsed_s:6.1f} s   phase: [cyan]{state.phase}[/]")
-    table.add_row("queue depth", f"{depth}  [dim]({state.depth_source or 'n/a'})[/] [blue]{bar}[/]")
-    ready = "-" if state.ready_live is None else f"{state.ready_live:,}"
-    table.add_row("ready now", f"{ready}  [dim](AMQP passive declare; not what the rule reads)[/]")
-    replicas = "●" * state.running + "○" * max(0, state.desired - state.running)
+    bar = "█" * min(40, (row.queue_depth or 0) // 500)
+    table.add_row("elapsed", f"{row.t_s:6.1f} s   phase: [cyan]{row.phase}[/]")
+    table.add_row(
+        "queue depth",
+        f"{_count(row.queue_depth)}  [dim]({row.depth_source or 'n/a'})[/] [blue]{bar}[/]",
+    )
+    table.add_row(
+        "ready now",
+        f"{_count(row.ready_live)}  [dim](AMQP passive declare; not what the rule reads)[/]",
+    )
+    replicas = "●" * running + "○" * max(0, desired - running)
     table.add_row(
         "replicas",
-        f"desired [orange1]{state.desired}[/]  running [red]{state.running}[/]  "
-        f"draining {state.draining}  {replicas}",
+        f"desired [orange1]{desired}[/]  running [red]{running}[/]  "
+        f"draining {sample.draining}  {replicas}",
     )
-    rate = "-" if state.records_per_s is None else f"{state.records_per_s:,.0f}"
+    rate = "-" if row.records_per_s is None else f"{row.records_per_s:,.0f}"
     table.add_row("records/s", rate)
-    table.add_row("scored", f"{state.scored:,} of {state.produced:,} produced")
+    table.add_row("scored", f"{row.scored_total or 0:,} of {sample.produced:,} produced")
     table.add_row(
         "latency",
-        f"p50 {_ms(state.p50_ms)}   p99 {_ms(state.p99_ms)}  [dim](publish -> stored, last 5 s)[/]",
+        f"p50 {_ms(row.p50_ms)}   p99 {_ms(row.p99_ms)}  [dim](publish -> stored, last 5 s)[/]",
     )
-    table.add_row("dead-lettered", "-" if state.dead_lettered is None else str(state.dead_lettered))
-    table.add_row("scaler", state.last_decision)
+    table.add_row("dead-lettered", "-" if row.dead_lettered is None else str(row.dead_lettered))
+    table.add_row("scaler", sample.last_decision)
     events = Text("\n".join(recent_events[-6:]) or "-", style="dim")
     return Panel(
         Group(table, Panel(events, title="events", border_style="dim")),
@@ -70,14 +71,15 @@ def render(state: DashboardState, recent_events: Sequence[str], header: str) -> 
     )
 
 
-def plain_line(state: DashboardState) -> str:
+def plain_line(sample: DemoSample) -> str:
     """The same state as one log line (when stdout is not a terminal)."""
-    depth = "-" if state.queue_depth is None else str(state.queue_depth)
-    ready = "-" if state.ready_live is None else str(state.ready_live)
-    rate = "-" if state.records_per_s is None else f"{state.records_per_s:.0f}"
+    row = sample.row
+    depth = "-" if row.queue_depth is None else str(row.queue_depth)
+    ready = "-" if row.ready_live is None else str(row.ready_live)
+    rate = "-" if row.records_per_s is None else f"{row.records_per_s:.0f}"
     return (
-        f"t={state.elapsed_s:6.1f}s phase={state.phase:<10} depth={depth:>6} ready={ready:>6} "
-        f"desired={state.desired} running={state.running} draining={state.draining} "
-        f"rec/s={rate:>6} scored={state.scored}/{state.produced} "
-        f"p50={_ms(state.p50_ms)} p99={_ms(state.p99_ms)} dlq={state.dead_lettered}"
+        f"t={row.t_s:6.1f}s phase={row.phase:<10} depth={depth:>6} ready={ready:>6} "
+        f"desired={row.desired_replicas} running={row.running_replicas} "
+        f"draining={sample.draining} rec/s={rate:>6} scored={row.scored_total}/{sample.produced} "
+        f"p50={_ms(row.p50_ms)} p99={_ms(row.p99_ms)} dlq={row.dead_lettered}"
     )

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import sqlite3
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def sqlite_path(database_url: str) -> Path:
-    """The file of a sqlite:///path URL."""
-    prefix = "sqlite:///"
-    if not database_url.startswith(prefix):
-        raise ValueError(f"the demo writes predictions to SQLite, got {database_url.split(':')[0]}")
-    return Path(database_url[len(prefix) :])
+    from creditstream.demo.load import DataChoice, LoadDriver
+    from creditstream.demo.values import DemoValues
+    from creditstream.harness.metrics import Histogram
+    from creditstream.harness.results import ResultsReader
+    from creditstream.harness.supervisor import Supervisor
+    from creditstream.timeline import TimelineRow
 
 
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -39,88 +41,6 @@ def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
         start = end + 1
     u = ranks[y == 1].sum() - positives * (positives + 1) / 2
     return float(u / (positives * negatives))
-
-
-@dataclass(frozen=True)
-class StoreCounts:
-    """Rows in the predictions table."""
-
-    rows: int
-    distinct_requests: int
-    distinct_records: int
-
-
-class PredictionsReader:
-    """Read-only look at the consumers' SQLite results store (WAL lets us read while they write)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._connection: sqlite3.Connection | None = None
-
-    def _db(self) -> sqlite3.Connection | None:
-        if self._connection is None:
-            if not self.path.exists():
-                return None
-            self._connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
-        return self._connection
-
-    def _table_exists(self, db: sqlite3.Connection) -> bool:
-        row = db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='predictions'"
-        ).fetchone()
-        return bool(row and row[0])
-
-    def count(self) -> int:
-        """Rows stored so far (0 before the first consumer created the table)."""
-        db = self._db()
-        if db is None or not self._table_exists(db):
-            return 0
-        return int(db.execute("SELECT count(*) FROM predictions").fetchone()[0])
-
-    def counts(self) -> StoreCounts:
-        """Rows, distinct request ids and distinct record ids."""
-        db = self._db()
-        if db is None or not self._table_exists(db):
-            return StoreCounts(0, 0, 0)
-        rows, requests, records = db.execute(
-            "SELECT count(*), count(DISTINCT request_id), count(DISTINCT record_id) "
-            "FROM predictions"
-        ).fetchone()
-        return StoreCounts(int(rows), int(requests), int(records))
-
-    def processing_latencies_ms(self) -> np.ndarray:
-        """received_at -> scored_at per record, ms (the consumer's own share of the latency).
-
-        NOTE: stored_at is the database's CURRENT_TIMESTAMP, whole seconds on SQLite.
-        """
-        db = self._db()
-        if db is None or not self._table_exists(db):
-            return np.array([])
-        values = [
-            (_parse_time(scored) - _parse_time(received)).total_seconds() * 1000
-            for received, scored in db.execute("SELECT received_at, scored_at FROM predictions")
-        ]
-        return np.asarray(values, dtype=np.float64)
-
-    def probabilities_by_record(self) -> dict[str, float]:
-        """One probability per record id (repeated records score the same)."""
-        db = self._db()
-        if db is None or not self._table_exists(db):
-            return {}
-        return {
-            str(record): float(p)
-            for record, p in db.execute("SELECT record_id, probability FROM predictions")
-        }
-
-    def close(self) -> None:
-        """Close the connection."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
-
-
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
 
 
 def auc_against_labels(
@@ -146,3 +66,136 @@ def labels_from_dataset(path: Path) -> dict[str, int]:
         str(int(i)) if float(i).is_integer() else str(i): int(label)
         for i, label in zip(frame[ID_FIELD], frame[LABEL_FIELD], strict=True)
     }
+
+
+def build_summary(
+    *,
+    rows: list[TimelineRow],
+    load: LoadDriver,
+    results: ResultsReader,
+    end_to_end: Histogram,
+    supervisor: Supervisor,
+    data: DataChoice,
+    elapsed: float,
+    values: DemoValues,
+) -> dict[str, Any]:
+    """Every closing figure of a run (written to summary.json)."""
+    from creditstream.timeline import summarize_timeline
+
+    counts = results.counts()
+    stats = summarize_timeline(rows)
+    processing = results.processing_latencies_ms()
+    rates = [r.records_per_s for r in rows if r.records_per_s]
+    summary: dict[str, Any] = {
+        "records_source": data.note,
+        "records_produced": load.produced,
+        "producer_rate_records_per_s": load.profile.records_per_s,
+        "producers": [
+            {
+                "burst": b.name,
+                "records": b.records,
+                "exit_code": b.exit_code,
+                "seconds": round(b.seconds, 1),
+            }
+            for b in load.finished
+        ],
+        "records_scored": counts.rows,
+        "distinct_request_ids": counts.distinct_requests,
+        "distinct_record_ids": counts.distinct_records,
+        "every_record_scored_once": (
+            counts.rows == counts.distinct_requests == load.produced and load.produced > 0
+        ),
+        "duration_s": round(elapsed, 1),
+        "rate_records_per_s_overall": round(counts.rows / elapsed, 1) if elapsed else None,
+        "rate_records_per_s_peak": round(max(rates), 1) if rates else None,
+        "end_to_end_ms": {
+            "what": "producer publish -> durable result (consumer histogram, all processes)",
+            "p50": _round_ms(end_to_end.quantile(0.5)),
+            "p95": _round_ms(end_to_end.quantile(0.95)),
+            "p99": _round_ms(end_to_end.quantile(0.99)),
+            "count": int(end_to_end.count),
+        },
+        "consumer_processing_ms": {
+            "what": "received_at -> scored_at per record (results store timestamps)",
+            **(
+                {
+                    "p50": round(float(np.percentile(processing, 50)), 2),
+                    "p99": round(float(np.percentile(processing, 99)), 2),
+                }
+                if processing.size
+                else {}
+            ),
+        },
+        "peak_queue_depth": stats.peak_depth,
+        "peak_ready_live": stats.peak_ready_live,
+        "peak_desired_replicas": stats.peak_desired,
+        "peak_running_replicas": stats.peak_running,
+        "scaled_above_one": stats.scaled_above_one,
+        "returned_to_zero": stats.returned_to_zero,
+        "consumer_starts": supervisor.starts,
+        "consumer_restarts_after_crash": supervisor.restarts,
+        "consumer_exit_codes": sorted(set(supervisor.exit_codes)),
+        "autoscaling": asdict(values.autoscaling),
+        "consumer": asdict(values.consumer),
+        "overrides": values.override_lines,
+    }
+    if data.path is not None:
+        auc = auc_against_labels(results.probabilities_by_record(), labels_from_dataset(data.path))
+        if auc is not None:
+            summary["auc"] = {"value": round(auc[0], 4), "records": auc[1]}
+    return summary
+
+
+def _round_ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def write_summary(console: Console, summary: Mapping[str, Any], run_dir: Path) -> None:
+    """Print the summary; write summary.json and summary.md into the run folder."""
+    from rich.text import Text
+
+    (run_dir / "summary.json").write_text(
+        json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8"
+    )
+    e2e, proc = summary["end_to_end_ms"], summary["consumer_processing_ms"]
+    ok = "[green]yes[/]" if summary["every_record_scored_once"] else "[red]NO[/]"
+    peak_ready = summary["peak_ready_live"]
+    lines = [
+        f"records    {summary['records_scored']:,} scored of {summary['records_produced']:,} "
+        f"produced ({summary['records_source']})",
+        f"exactly once  {ok}  (rows {summary['records_scored']:,}, distinct request ids "
+        f"{summary['distinct_request_ids']:,})",
+        f"time       {summary['duration_s']} s; {summary['rate_records_per_s_overall']} records/s "
+        f"overall (pauses included), peak {summary['rate_records_per_s_peak']} records/s",
+        f"latency    publish->stored p50 {e2e['p50']} ms, p95 {e2e['p95']} ms, p99 {e2e['p99']} ms"
+        f"; in-consumer p50 {proc.get('p50')} ms, p99 {proc.get('p99')} ms",
+        f"load       {_producers_text(summary)}",
+        f"scaling    peak depth {summary['peak_queue_depth']:,} (management API, ready+unacked; "
+        f"live AMQP ready peak {'-' if peak_ready is None else f'{peak_ready:,}'}), peak "
+        f"replicas {summary['peak_running_replicas']} (desired "
+        f"{summary['peak_desired_replicas']}), back to 0: {summary['returned_to_zero']}",
+    ]
+    if "auc" in summary:
+        lines.append(
+            f"AUC        {summary['auc']['value']} on {summary['auc']['records']:,} "
+            "labelled records"
+        )
+    lines.append(
+        f"run folder {run_dir}: timeline.csv, timeline.png, predictions.sqlite, "
+        "summary.json, decisions.csv, consumers/*.log"
+    )
+    console.rule("summary")
+    for line in lines:
+        console.print(line)
+    (run_dir / "summary.md").write_text(
+        "\n".join(f"- {Text.from_markup(line).plain}" for line in lines) + "\n", encoding="utf-8"
+    )
+
+
+def _producers_text(summary: Mapping[str, Any]) -> str:
+    rate = summary["producer_rate_records_per_s"]
+    parts = [
+        f"{p['burst']} {p['records']:,} in {p['seconds']} s (exit {p['exit_code']})"
+        for p in summary["producers"]
+    ]
+    return f"producer --rate {rate:g}: " + ("; ".join(parts) or "no burst finished")

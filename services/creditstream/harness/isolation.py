@@ -115,6 +115,25 @@ def broker_vhost(amqp_url: str, name: str, management_url: str | None = None) ->
             _management(management, "DELETE", f"/api/vhosts/{quoted}")
 
 
+def isolated_settings(
+    base: Settings,
+    prefix: str,
+    *,
+    database_url: str,
+    database_schema: str | None = None,
+    **overrides: Any,
+) -> Settings:
+    """The base settings with exchanges and queues `PREFIX.*`, a results store and `overrides`."""
+    return base.model_copy(
+        update={
+            **isolated_names(prefix),
+            "database_url": SecretStr(database_url),
+            "database_schema": database_schema,
+            **overrides,
+        }
+    )
+
+
 @contextlib.contextmanager
 def isolated_run(
     base: Settings,
@@ -127,7 +146,7 @@ def isolated_run(
     declare: bool = True,
     **overrides: Any,
 ) -> Iterator[Settings]:
-    """The base settings with exchanges and queues `PREFIX.*` and a results store of the run.
+    """isolated_settings() for the time of the run: its topology and store exist, then go.
 
     store="sqlite" writes to `sqlite_file` (removed afterwards unless keep_store);
     store="postgresql" to a fresh schema in pg_url's database (dropped afterwards).
@@ -139,20 +158,17 @@ def isolated_run(
             if pg_url is None:
                 raise ValueError("store='postgresql' needs pg_url")
             schema = stack.enter_context(postgres_schema(pg_url, f"run_{prefix}"))
-            database: dict[str, Any] = {
-                "database_url": SecretStr(pg_url),
-                "database_schema": schema,
-            }
+            settings = isolated_settings(
+                base, prefix, database_url=pg_url, database_schema=schema, **overrides
+            )
         else:
             if sqlite_file is None:
                 raise ValueError("store='sqlite' needs sqlite_file")
             if not keep_store:
                 stack.callback(_remove_sqlite, sqlite_file)
-            database = {
-                "database_url": SecretStr(f"sqlite:///{sqlite_file}"),
-                "database_schema": None,
-            }
-        settings = base.model_copy(update={**isolated_names(prefix), **database, **overrides})
+            settings = isolated_settings(
+                base, prefix, database_url=f"sqlite:///{sqlite_file}", **overrides
+            )
         stack.callback(delete_topology, settings)
         if declare:
             declare_topology(settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from creditstream.demo.run import (
+from creditstream.demo.load import (
     DEFAULT_BURST_RATE,
     DataChoice,
     LoadProfile,

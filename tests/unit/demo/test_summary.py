@@ -1,27 +1,15 @@
-"""AUC, store reading and the demo's configuration layering."""
+"""AUC and the demo's configuration layering."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from creditstream.autoscale.supervisor import settings_env
-from creditstream.demo.run import (
-    DEMO_OVERRIDES,
-    ConsumerKnobs,
-    choose_data,
-    demo_settings,
-    load_demo_values,
-)
-from creditstream.demo.summary import (
-    PredictionsReader,
-    auc_against_labels,
-    roc_auc,
-    sqlite_path,
-)
+from creditstream.demo.run import choose_data
+from creditstream.demo.summary import auc_against_labels, roc_auc
+from creditstream.demo.values import DEMO_OVERRIDES, load_demo_values
 from creditstream.settings import Settings
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -54,68 +42,6 @@ def test_auc_against_labels_uses_common_records_only() -> None:
     labels = {"1": 1, "2": 0, "3": 0, "4": 1}
     assert auc_against_labels(probabilities, labels) == (1.0, 3)  # 0.9 beats 0.1 and 0.8
     assert auc_against_labels({"1": 0.3}, {"1": 1}) is None
-
-
-def test_reader_counts_rows_and_latency(tmp_path: Path) -> None:
-    path = tmp_path / "p.sqlite"
-    reader = PredictionsReader(path)
-    assert reader.count() == 0  # no file yet
-    db = sqlite3.connect(path)
-    db.execute(
-        "CREATE TABLE predictions (request_id TEXT PRIMARY KEY, record_id TEXT, "
-        "probability REAL, received_at TEXT, scored_at TEXT, stored_at TEXT)"
-    )
-    db.executemany(
-        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (
-                "a-1",
-                "1",
-                0.2,
-                "2026-11-28 02:09:22.100000",
-                "2026-11-28 02:09:22.150000",
-                "2026-11-28 02:09:22",
-            ),
-            (
-                "b-1",
-                "1",
-                0.2,
-                "2026-11-28 02:09:23.000000",
-                "2026-11-28 02:09:23.010000",
-                "2026-11-28 02:09:23",
-            ),
-        ],
-    )
-    db.commit()
-    counts = reader.counts()
-    assert (counts.rows, counts.distinct_requests, counts.distinct_records) == (2, 2, 1)
-    assert sorted(np.round(reader.processing_latencies_ms(), 3)) == [10.0, 50.0]
-    reader.close()
-    db.close()
-
-
-def test_sqlite_path_rejects_other_databases() -> None:
-    assert sqlite_path("sqlite:////tmp/x.db") == Path("/tmp/x.db")
-    with pytest.raises(ValueError, match="SQLite"):
-        sqlite_path("postgresql+psycopg://u@h/db")
-
-
-def test_demo_settings_isolate_the_run(tmp_path: Path) -> None:
-    settings = demo_settings(Settings(), "20261128-000000", tmp_path)
-    assert settings.requests_queue == "creditstream.demo.20261128-000000.requests"
-    assert settings.dead_letter_queue == "creditstream.demo.20261128-000000.dead"
-    assert settings.requests_exchange != Settings().requests_exchange
-    env = settings_env(settings)
-    assert env["CREDITSTREAM_REQUESTS_QUEUE"] == settings.requests_queue
-    assert env["CREDITSTREAM_DATABASE_URL"] == f"sqlite:///{tmp_path / 'predictions.sqlite'}"
-    assert env["CREDITSTREAM_AMQP_URL"].startswith("amqp://")  # secret revealed to the child
-
-
-def test_demo_settings_hand_the_chart_consumer_knobs_to_the_consumers(tmp_path: Path) -> None:
-    knobs = ConsumerKnobs(batch_size=4, batch_timeout_ms=20, prefetch=8)
-    env = settings_env(demo_settings(Settings(), "20261128-000000", tmp_path, knobs))
-    assert (env["CREDITSTREAM_BATCH_SIZE"], env["CREDITSTREAM_PREFETCH"]) == ("4", "8")
-    assert env["CREDITSTREAM_BATCH_TIMEOUT_MS"] == "20"
 
 
 def test_autoscaling_is_chart_values_plus_printed_overrides() -> None:

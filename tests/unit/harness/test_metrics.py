@@ -1,4 +1,4 @@
-"""Histogram maths of the demo's latency figures (PromQL histogram_quantile semantics)."""
+"""Scrapes parsed by prometheus_client; histogram maths with PromQL histogram_quantile semantics."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ import math
 
 import pytest
 
-from creditstream.demo.latency import (
-    Histogram,
-    HistogramAggregator,
-    counter_from_text,
-    histogram_from_text,
-)
+from creditstream.harness.metrics import Histogram, HistogramAggregator, Metrics
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -29,7 +24,7 @@ creditstream_records_total{outcome="rejected"} 3.0
 
 
 def test_parse_histogram_from_exposition() -> None:
-    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    h = Metrics.parse(EXPOSITION).histogram("creditstream_end_to_end_seconds")
     assert h.buckets == ((0.1, 10.0), (1.0, 90.0), (10.0, 100.0), (math.inf, 100.0))
     assert (h.count, h.total) == (100.0, 42.5)
 
@@ -44,7 +39,7 @@ def test_parse_histogram_from_exposition() -> None:
     ],
 )
 def test_quantile_interpolates_like_histogram_quantile(q: float, expected: float) -> None:
-    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    h = Metrics.parse(EXPOSITION).histogram("creditstream_end_to_end_seconds")
     assert h.quantile(q) == pytest.approx(expected)
 
 
@@ -55,11 +50,11 @@ def test_quantile_in_inf_bucket_returns_last_finite_bound() -> None:
 
 def test_empty_histogram_has_no_quantile() -> None:
     assert Histogram.empty().quantile(0.5) is None
-    assert histogram_from_text("", "x").quantile(0.5) is None
+    assert Metrics.parse("").histogram("x").quantile(0.5) is None
 
 
 def test_aggregator_keeps_exited_processes_and_windows_subtract() -> None:
-    h = histogram_from_text(EXPOSITION, "creditstream_end_to_end_seconds")
+    h = Metrics.parse(EXPOSITION).histogram("creditstream_end_to_end_seconds")
     agg = HistogramAggregator()
     agg.update(0, h)
     agg.update(1, h)
@@ -78,5 +73,25 @@ def test_adding_mismatched_buckets_fails() -> None:
 
 
 def test_counter_with_label_match() -> None:
-    assert counter_from_text(EXPOSITION, "creditstream_records_total", outcome="scored") == 250.0
-    assert counter_from_text(EXPOSITION, "creditstream_records_total") == 253.0
+    metrics = Metrics.parse(EXPOSITION)
+    assert metrics.value("creditstream_records_total", outcome="scored") == 250.0
+    assert metrics.value("creditstream_records_total") == 253.0
+    assert metrics.value("creditstream_absent_total") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        pytest.param('creditstream_records_total{outcome="rejected"}', 3.0, id="one-label"),
+        pytest.param("creditstream_records_total", 253.0, id="summed-over-labels"),
+        pytest.param("creditstream_end_to_end_seconds_count", 100.0, id="no-labels"),
+        pytest.param('creditstream_records_total{outcome="lost"}', 0.0, id="absent-series"),
+    ],
+)
+def test_series_selected_as_in_promql(selector: str, expected: float) -> None:
+    assert Metrics.parse(EXPOSITION)[selector] == expected
+
+
+def test_a_truncated_scrape_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Metrics.parse(EXPOSITION + "creditstream_records_total{outcome=")

@@ -1,4 +1,4 @@
-"""Runs `creditstream consume` processes the way a Deployment runs pods, at the count asked for.
+"""Keeps `creditstream consume` processes at the count asked for, as a Deployment keeps pods.
 
 Scale-down sends SIGTERM to the newest processes: the consumer stops taking deliveries,
 finishes and acks the batch in hand, and exits 0; whatever it had prefetched but not started
@@ -9,65 +9,17 @@ while it is still wanted is a crash and is restarted (like `restartPolicy: Alway
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+from creditstream.harness.processes import Process, ProcessGroup
 
 if TYPE_CHECKING:
     from creditstream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Every set field of the settings as CREDITSTREAM_<FIELD> variables (secrets revealed)."""
-    env: dict[str, str] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[f"CREDITSTREAM_{name.upper()}"] = str(value)
-    return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ConsumerProcess:
-    """One consumer process ("pod") and what the supervisor knows about it."""
-
-    index: int
-    port: int
-    popen: subprocess.Popen[bytes]
-    started_at: float
-    log_path: Path | None
-    stopping_since: float | None = None
-
-    @property
-    def pid(self) -> int:
-        """OS process id."""
-        return self.popen.pid
-
-    @property
-    def metrics_url(self) -> str:
-        """Its Prometheus endpoint."""
-        return f"http://127.0.0.1:{self.port}/metrics"
 
 
 @dataclass
@@ -85,30 +37,31 @@ class Supervisor:
     """Keeps `desired` consumer processes alive; scales down by SIGTERM and waits for the drain."""
 
     settings: Settings
-    log_dir: Path | None = None
-    command: Sequence[str] = (sys.executable, "-m", "creditstream.cli", "consume")
-    extra_env: Mapping[str, str] = field(default_factory=dict)
+    log_dir: Path
+    args: tuple[str, ...] = ("consume",)
     stop_timeout_s: float = 60.0
     restart_backoff_s: float = 1.0
     desired: int = 0
-    processes: list[ConsumerProcess] = field(default_factory=list)
-    stopping: list[ConsumerProcess] = field(default_factory=list)
+    processes: list[Process] = field(default_factory=list)
+    stopping: list[Process] = field(default_factory=list)
     events: list[SupervisorEvent] = field(default_factory=list)
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
-    _next_index: int = 0
     _not_before: float = 0.0
-    _logs: list[IO[bytes]] = field(default_factory=list)
+    _group: ProcessGroup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._group = ProcessGroup(self.log_dir, self.settings, stop_timeout_s=self.stop_timeout_s)
 
     @property
     def running(self) -> int:
         """Processes alive and not draining (the Deployment's replicas)."""
-        return sum(1 for p in self.processes if p.popen.poll() is None)
+        return sum(1 for p in self.processes if p.alive)
 
     @property
     def starts(self) -> int:
         """Processes started so far (restarts included)."""
-        return self._next_index
+        return len(self._group.processes)
 
     @property
     def draining(self) -> int:
@@ -119,45 +72,13 @@ class Supervisor:
         self.events.append(SupervisorEvent(time.monotonic(), kind, index, detail))
         log.info("consumer %d: %s %s", index, kind, detail)
 
-    def _environment(self, port: int) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(settings_env(self.settings))
-        env.update(self.extra_env)
-        env["CREDITSTREAM_HTTP_PORT"] = str(port)
-        env["CREDITSTREAM_HTTP_HOST"] = "127.0.0.1"
-        env.setdefault("CREDITSTREAM_LOG_FORMAT", "json")
-        return env
-
-    def _start_one(self) -> ConsumerProcess:
-        index = self._next_index
-        self._next_index += 1
-        port = free_port()
-        log_path = None
-        stdout: int | IO[bytes] = subprocess.DEVNULL
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.log_dir / f"consumer-{index:03d}.log"
-            handle = log_path.open("ab")
-            self._logs.append(handle)
-            stdout = handle
-        popen = subprocess.Popen(
-            list(self.command),
-            env=self._environment(port),
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # NOTE: own session, so a terminal Ctrl-C reaches only the supervisor, which then
-            # stops the consumers in order instead of racing them.
-            start_new_session=True,
-        )
-        process = ConsumerProcess(index, port, popen, time.monotonic(), log_path)
-        self._record("started", index, f"pid {popen.pid} port {port}")
+    def _start_one(self) -> Process:
+        process = self._group.start(self.args, name="consumer", http=True)
+        self._record("started", process.index, f"pid {process.pid} port {process.port}")
         return process
 
-    def _stop_one(self, process: ConsumerProcess) -> None:
-        if process.popen.poll() is None:
-            process.popen.send_signal(signal.SIGTERM)
-        process.stopping_since = time.monotonic()
+    def _stop_one(self, process: Process) -> None:
+        process.terminate()
         self.stopping.append(process)
         self._record("sigterm", process.index, f"pid {process.pid}")
 
@@ -172,7 +93,7 @@ class Supervisor:
         """Reap exits, restart crashes, start or SIGTERM processes to match `desired`."""
         now = time.monotonic()
         for process in list(self.processes):
-            code = process.popen.poll()
+            code = process.poll()
             if code is None:
                 continue
             self.processes.remove(process)
@@ -183,16 +104,17 @@ class Supervisor:
                 self.restarts += 1
                 self._not_before = now + self.restart_backoff_s
         for process in list(self.stopping):
-            code = process.popen.poll()
+            code = process.poll()
+            since = process.stopping_since or now
             if code is not None:
                 self.stopping.remove(process)
                 self.exit_codes.append(code)
                 self._record(
                     "drained" if code == 0 else "stopped-with-error",
                     process.index,
-                    f"code {code} after {now - (process.stopping_since or now):.1f}s",
+                    f"code {code} after {now - since:.1f}s",
                 )
-            elif now - (process.stopping_since or now) > self.stop_timeout_s:
+            elif now - since > self.stop_timeout_s:
                 process.popen.kill()
                 self._record(
                     "killed",
@@ -207,13 +129,9 @@ class Supervisor:
         while len(self.processes) < self.desired and now >= self._not_before:
             self.processes.append(self._start_one())
 
-    def metrics_urls(self) -> list[tuple[int, str]]:
-        """(index, /metrics URL) of the processes alive now, draining ones included."""
-        return [
-            (p.index, p.metrics_url)
-            for p in self.processes + self.stopping
-            if p.popen.poll() is None
-        ]
+    def alive(self) -> list[Process]:
+        """Processes alive now, draining ones included (the ones worth scraping)."""
+        return [p for p in self.processes + self.stopping if p.alive]
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """SIGTERM everything, wait for the drain, kill stragglers."""
@@ -226,14 +144,11 @@ class Supervisor:
             self.reconcile()
             time.sleep(0.1)
         for process in self.stopping:
-            if process.popen.poll() is None:
+            if process.alive:
                 process.popen.kill()
-                process.popen.wait(5)
+                process.wait(5)
                 self._record("killed", process.index, "at shutdown")
         self.reconcile()
-        for handle in self._logs:
-            handle.close()
-        self._logs.clear()
 
     def __enter__(self) -> Supervisor:
         return self

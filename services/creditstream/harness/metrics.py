@@ -1,21 +1,25 @@
-"""Latency percentiles from the consumers' Prometheus histograms, summed over processes.
+"""Prometheus metrics of local processes: one parser (prometheus_client's), histogram maths.
 
-Pure maths on the text exposition format: cumulative buckets per process are summed (a
-process that has exited keeps its last scrape), windows are differences of two sums, and
-quantiles interpolate linearly inside a bucket as PromQL's histogram_quantile does.
+A scrape is parsed once into `Metrics`; counters are read by name and labels, histograms are
+summed over processes (a process that has exited keeps its last scrape), windows are
+differences of two sums, and quantiles interpolate linearly inside a bucket as PromQL's
+histogram_quantile does.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
-_SAMPLE = re.compile(
-    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)"
-)
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
+
+# `name` or `name{label="value",...}`: how tests and reports name one series.
+_SELECTOR: Final = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$")
+_SELECTOR_LABEL: Final = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass(frozen=True)
@@ -74,44 +78,59 @@ class Histogram:
         return lower_bound
 
 
-def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample line of a Prometheus text exposition."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
+@dataclass(frozen=True)
+class Metrics:
+    """One scrape: every sample as (name, labels, value)."""
+
+    samples: tuple[tuple[str, Mapping[str, str], float], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Metrics:
+        """A Prometheus text exposition (raises ValueError when it is malformed)."""
+        return cls(
+            tuple(
+                (sample.name, sample.labels, float(sample.value))
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            )
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels` (0 when absent)."""
+        return sum(
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        )
+
+    def __getitem__(self, selector: str) -> float:
+        """`m['name{label="value"}']`: value() of a series written as in PromQL."""
+        match = _SELECTOR.match(selector)
         if match is None:
-            continue
-        labels = dict(_LABEL.findall(match.group("labels") or ""))
-        samples.append((match.group("name"), labels, float(match.group("value"))))
-    return samples
+            raise KeyError(selector)
+        return self.value(match["name"], **dict(_SELECTOR_LABEL.findall(match["labels"] or "")))
+
+    def histogram(self, name: str) -> Histogram:
+        """The histogram `name` (unlabelled, or summed over its labels)."""
+        buckets: dict[float, float] = {}
+        for sample, labels, value in self.samples:
+            if sample == f"{name}_bucket":
+                le = float(labels["le"])  # NOTE: float("+Inf") is inf
+                buckets[le] = buckets.get(le, 0.0) + value
+        if not buckets:
+            return Histogram.empty()
+        return Histogram(
+            tuple(sorted(buckets.items())), self.value(f"{name}_sum"), self.value(f"{name}_count")
+        )
 
 
-def histogram_from_text(text: str, name: str) -> Histogram:
-    """The histogram `name` (unlabelled, or summed over its labels) from an exposition."""
-    buckets: dict[float, float] = {}
-    total = count = 0.0
-    for sample, labels, value in parse_samples(text):
-        if sample == f"{name}_bucket":
-            le = math.inf if labels["le"] in {"+Inf", "Inf"} else float(labels["le"])
-            buckets[le] = buckets.get(le, 0.0) + value
-        elif sample == f"{name}_sum":
-            total += value
-        elif sample == f"{name}_count":
-            count += value
-    if not buckets:
-        return Histogram.empty()
-    return Histogram(tuple(sorted(buckets.items())), total, count)
-
-
-def counter_from_text(text: str, name: str, **match: str) -> float:
-    """Sum of a counter's samples whose labels include `match` (`_total` suffix included)."""
-    return sum(
-        value
-        for sample, labels, value in parse_samples(text)
-        if sample == name and all(labels.get(k) == v for k, v in match.items())
-    )
+def scrape(url: str, timeout_s: float = 2.0) -> Metrics | None:
+    """GET a /metrics endpoint; None when it does not answer (or answers half a page)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return Metrics.parse(response.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def sum_histograms(histograms: Iterable[Histogram]) -> Histogram:

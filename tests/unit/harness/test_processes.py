@@ -1,0 +1,56 @@
+"""Settings -> a child's environment, and the isolated settings of a run (no services)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from creditstream.harness.isolation import isolated_settings
+from creditstream.harness.processes import process_env
+from creditstream.settings import Settings
+from creditstream.topology import default_names
+
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+
+
+def test_settings_round_trip_through_the_environment(tmp_path: Path) -> None:
+    settings = Settings(
+        amqp_url="amqp://app:s3cret@broker:5672/v",
+        database_url=f"sqlite:///{tmp_path / 'r.db'}",
+        batch_size=7,
+        threshold=0.3,
+        run_id="r1",
+    )
+    env = settings.to_env()
+    assert env["CREDITSTREAM_AMQP_URL"] == "amqp://app:s3cret@broker:5672/v"  # revealed
+    assert "CREDITSTREAM_MANAGEMENT_URL" not in env  # unset stays unset
+    child = Settings(**{k.removeprefix("CREDITSTREAM_").lower(): v for k, v in env.items()})
+    assert child == settings
+
+
+def test_a_child_does_not_inherit_the_parents_creditstream_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CREDITSTREAM_MANAGEMENT_URL", "http://parent:secret@elsewhere:15672/")
+    monkeypatch.setenv("PATH", os.environ.get("PATH", ""))
+    env = process_env(Settings(management_url=None), CREDITSTREAM_HTTP_PORT="0")
+    assert "CREDITSTREAM_MANAGEMENT_URL" not in env
+    assert env["CREDITSTREAM_HTTP_PORT"] == "0" and env["PATH"] == os.environ["PATH"]
+
+
+def test_isolated_settings_rename_every_exchange_and_queue(tmp_path: Path) -> None:
+    base = Settings()
+    settings = isolated_settings(
+        base,
+        "creditstream.demo.20261128-000000",
+        database_url=f"sqlite:///{tmp_path / 'predictions.sqlite'}",
+        batch_size=4,
+    )
+    names = {field: getattr(settings, field) for field in default_names()}
+    assert names["requests_queue"] == "creditstream.demo.20261128-000000.requests"
+    assert not set(names.values()) & set(default_names().values())
+    env = settings.to_env()
+    assert env["CREDITSTREAM_DATABASE_URL"] == f"sqlite:///{tmp_path / 'predictions.sqlite'}"
+    assert env["CREDITSTREAM_BATCH_SIZE"] == "4"
