@@ -86,18 +86,13 @@ def produce(
     ctx: BenchContext, settings: Settings, records: int, per_message: int
 ) -> dict[str, Any]:
     """`creditstream produce --synthetic` into the scenario's queue; its confirmed rate."""
-    args = ["produce", "--synthetic", "--limit", str(records), "--no-progress"]
-    args += [
-        "--records-per-message",
-        str(per_message),
-        "--run-id",
-        f"{settings.run_id}-{per_message}",
-    ]
+    run_id = f"{settings.run_id}-{per_message}"
+    args = ["produce", "--synthetic", "--limit", str(records), "--no-progress", "--run-id", run_id]
     code, out = _run(
         ctx,
         settings,
         f"{settings.run_id}-producer-{per_message}rpm",
-        args,
+        [*args, "--records-per-message", str(per_message)],
         timeout=max(120.0, records / 1000),
         CREDITSTREAM_LOG_FORMAT="json",
     )

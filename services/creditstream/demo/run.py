@@ -29,7 +29,6 @@ from rich.live import Live
 from creditstream.autoscale.queue_depth import (
     AMQP_SOURCE,
     FallbackDepthReader,
-    ManagementApiReader,
     PassiveDeclareReader,
     QueueDepthError,
     depth_reader_for,
@@ -66,10 +65,6 @@ MANAGEMENT_MISSING_HELP: Final = (
     "labelled `amqp-passive-declare` in the plot). Enable it with "
     "`sudo rabbitmq-plugins enable rabbitmq_management`."
 )
-
-
-class DemoError(RuntimeError):
-    """The demo cannot start (with a message that says what to do)."""
 
 
 @dataclass
@@ -168,30 +163,22 @@ def run_demo(base: Settings, options: DemoOptions, console: Console | None = Non
 
 def startup_problem(base: Settings) -> str | None:
     """Why the demo cannot start (no broker, no model), with what to do; None when it can."""
+    from creditstream.broker import BROKER_DOWN_ERRORS, connect, connection_parameters
+
     try:
-        check_broker(base)
-    except DemoError as exc:
-        return str(exc)
+        connect(base, name="creditstream-demo", wait_s=0).close()
+    except BROKER_DOWN_ERRORS as exc:
+        params = connection_parameters(base, name="creditstream-demo")
+        return (
+            f"RabbitMQ is not reachable at {params.host}:{params.port} ({type(exc).__name__}).\n"
+            f"Start one, then run `make demo` again:\n{START_RABBITMQ}"
+        )
     if not base.model_path.is_file():
         return (
             f"no model at {base.model_path}: run `make train` (or `creditstream train`), "
             "or set CREDITSTREAM_MODEL_PATH."
         )
     return None
-
-
-def check_broker(settings: Settings) -> None:
-    """Connect once; raise DemoError with start-up instructions if the broker is missing."""
-    from creditstream.broker import BROKER_DOWN_ERRORS, connect, connection_parameters
-
-    try:
-        connect(settings, name="creditstream-demo", wait_s=0).close()
-    except BROKER_DOWN_ERRORS as exc:
-        params = connection_parameters(settings, name="creditstream-demo")
-        raise DemoError(
-            f"RabbitMQ is not reachable at {params.host}:{params.port} ({type(exc).__name__}).\n"
-            f"Start one, then run `make demo` again:\n{START_RABBITMQ}"
-        ) from exc
 
 
 def choose_data(settings: Settings, *, allow_download: bool) -> DataChoice:
@@ -234,36 +221,27 @@ def print_plan(console: Console, base: Settings, plan: DemoPlan, options: DemoOp
 
 
 def wait_for_statistics(console: Console, reader: FallbackDepthReader) -> None:
-    """Start the load only once the management API counts the new queue (see above)."""
-    if reader.primary is None:
-        return
-    waited = await_queue_statistics(reader.primary, timeout_s=STATS_WAIT_S)
-    console.print(
-        f"stats      management API counts the new queue after {waited:.1f} s"
-        if waited is not None
-        else f"[yellow]stats      no management statistics for the new queue after "
-        f"{STATS_WAIT_S:g} s: the AMQP ready count (labelled) stands in until they come[/]"
-    )
-
-
-def await_queue_statistics(
-    reader: ManagementApiReader, *, timeout_s: float, poll_s: float = 0.5
-) -> float | None:
-    """Seconds until the management API reports the queue's counts (None: not within timeout).
+    """Start the load only once the management API counts the new queue.
 
     NOTE: a queue declared a moment ago has no `messages` yet (collect_statistics_interval,
-    5 s by default); starting the load only then keeps the trigger metric one source all along.
+    5 s by default); waiting for them keeps the trigger metric one source all along.
     """
+    if reader.primary is None:
+        return
     started = time.monotonic()
-    while True:
+    while time.monotonic() - started < STATS_WAIT_S:
         try:
-            reader.read()
+            reader.primary.read()
         except QueueDepthError:
-            if time.monotonic() - started >= timeout_s:
-                return None
-            time.sleep(poll_s)
+            time.sleep(0.5)
         else:
-            return time.monotonic() - started
+            waited = time.monotonic() - started
+            console.print(f"stats      management API counts the new queue after {waited:.1f} s")
+            return
+    console.print(
+        f"[yellow]stats      no management statistics for the new queue after "
+        f"{STATS_WAIT_S:g} s: the AMQP ready count (labelled) stands in until they come[/]"
+    )
 
 
 class DemoLoop:
