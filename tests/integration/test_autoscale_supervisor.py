@@ -15,7 +15,7 @@ import pytest
 from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reader_for
 from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
 from creditstream.harness import isolated_run
-from creditstream.harness.keda import LocalKeda, QueueLengthTrigger
+from creditstream.harness.keda import QUEUE_LENGTH, LocalKeda, QueueLengthTrigger
 from creditstream.harness.results import ResultsReader
 from creditstream.harness.supervisor import Supervisor
 from creditstream.settings import Settings
@@ -76,7 +76,7 @@ def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
         keda = LocalKeda(KedaHpaAutoscaler(config, created_at=0), supervisor, [trigger])
         while True:
             tick = keda.tick(time.monotonic() - t0)
-            history.append((tick.at, tick.metrics["QueueLength"], tick.desired, supervisor.running))
+            history.append((tick.at, tick.metrics[QUEUE_LENGTH], tick.desired, supervisor.running))
             if (
                 results.count() >= backlog
                 and tick.desired == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -40,8 +41,12 @@ def unique_tag(name: str) -> str:
 
 
 def _identifier(name: str) -> str:
-    """A PostgreSQL identifier (63 bytes at most) made of a run tag."""
-    return re.sub(r"\W", "_", name).lower()[:63]
+    """A PostgreSQL identifier (63 bytes at most) made of a run tag, unique as the tag is."""
+    plain = re.sub(r"\W", "_", name).lower()
+    if len(plain) <= 63:
+        return plain
+    # NOTE: the unique part of a tag is at its end: keep a digest of the whole, not a prefix.
+    return f"{plain[:46]}_{hashlib.sha256(plain.encode()).hexdigest()[:16]}"
 
 
 @contextlib.contextmanager

@@ -1,16 +1,20 @@
-"""Settings -> a child's environment, and the isolated settings of a run (no services)."""
+"""Settings -> a child's environment, isolated settings, SIGTERM-then-kill (no services)."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from creditstream.harness.isolation import isolated_settings
-from creditstream.harness.processes import process_env
+from creditstream.harness.processes import ProcessGroup, process_env
 from creditstream.settings import Settings
 from creditstream.topology import default_names
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
@@ -54,3 +58,21 @@ def test_isolated_settings_rename_every_exchange_and_queue(tmp_path: Path) -> No
     env = settings.to_env()
     assert env["CREDITSTREAM_DATABASE_URL"] == f"sqlite:///{tmp_path / 'predictions.sqlite'}"
     assert env["CREDITSTREAM_BATCH_SIZE"] == "4"
+
+
+STUBBORN = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ignoring SIGTERM', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    group = ProcessGroup(tmp_path, Settings(), stop_timeout_s=1.0)
+    stubborn = group.start([], name="stubborn", command=[sys.executable, "-c", STUBBORN])
+    wait_until(lambda: "ignoring SIGTERM" in stubborn.log_text(), timeout=30)
+    started = time.monotonic()
+    assert group.stop_all() == [-signal.SIGKILL]
+    assert 1.0 <= time.monotonic() - started < 10
+    assert stubborn.log_path == tmp_path / "stubborn-000.log"
