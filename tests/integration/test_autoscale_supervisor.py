@@ -93,7 +93,7 @@ def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
     peak = max(running for _, _, _, running in history)
     assert peak == expected_peak, history
     assert history[-1][3] == 0
-    counts = results.counts()
+    counts = results.summary()
     assert counts.rows == counts.distinct_requests == backlog  # none lost, none twice
     assert exit_codes and set(exit_codes) == {0}  # every consumer drained on SIGTERM
     assert restarts == 0
@@ -132,7 +132,7 @@ def test_scale_down_mid_backlog_loses_nothing(settings: Settings, tmp_path: Path
             time.sleep(0.1)
         exit_codes = list(supervisor.exit_codes)
     assert scored_at_scale_down < backlog, "backlog drained before the scale-down: test is moot"
-    counts = results.counts()
+    counts = results.summary()
     assert counts.rows == counts.distinct_requests == backlog
     assert exit_codes == [0, 0, 0]
 

@@ -315,15 +315,15 @@ def run_consumer_case(ctx: BenchContext, case: ConsumerCase) -> dict[str, Any]:
                 time.sleep(_PROGRESS_POLL_S)
             store_sum = sum(m.value("creditstream_store_seconds_sum") for m in metrics)
             store_count = sum(m.value("creditstream_store_seconds_count") for m in metrics)
-            partial = results.timing() if bounded else None
+            partial = results.summary() if bounded else None
         codes = [w.process.returncode for w in watched]
-        timing = partial if bounded else results.timing()
+        stored = partial or results.summary()
         results.close()
-    first, last_scored, rows = (
-        (timing.first_received, timing.last_scored, timing.rows) if timing else (0.0, 0.0, 0)
-    )
+    rows = stored.rows
     mean_write = store_sum / store_count if store_count else 0.0
-    drain = DrainTiming(first, last_scored + mean_write, rows)
+    drain = DrainTiming(
+        stored.first_received or 0.0, (stored.last_scored or 0.0) + mean_write, rows
+    )
     errors = []
     if not bounded and rows != case.records:
         errors.append(f"stored {rows} rows for {case.records} records")

@@ -82,7 +82,7 @@ def build_summary(
     """Every closing figure of a run (written to summary.json)."""
     from creditstream.timeline import summarize_timeline
 
-    counts = results.counts()
+    counts = results.summary()
     stats = summarize_timeline(rows)
     processing = results.processing_latencies_ms()
     rates = [r.records_per_s for r in rows if r.records_per_s]

@@ -28,7 +28,7 @@ from creditstream.harness.processes import (
     process_env,
     run_cli,
 )
-from creditstream.harness.results import ResultsReader, StoreCounts, StoredPrediction, StoreTiming
+from creditstream.harness.results import ResultsReader, StoredPrediction, StoreSummary
 from creditstream.harness.supervisor import Supervisor, SupervisorEvent
 
 __all__ = [
@@ -41,8 +41,7 @@ __all__ = [
     "ProcessGroup",
     "QueueLengthTrigger",
     "ResultsReader",
-    "StoreCounts",
-    "StoreTiming",
+    "StoreSummary",
     "StoredPrediction",
     "Supervisor",
     "SupervisorEvent",

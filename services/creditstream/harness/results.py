@@ -40,21 +40,14 @@ class StoredPrediction(NamedTuple):
 
 
 @dataclass(frozen=True)
-class StoreCounts:
-    """Rows in the predictions table."""
+class StoreSummary:
+    """Rows, distinct ids, first receive and last score (epoch seconds; None while empty)."""
 
-    rows: int
-    distinct_requests: int
-    distinct_records: int
-
-
-@dataclass(frozen=True)
-class StoreTiming:
-    """First receive and last score in the store (epoch seconds), and the rows between."""
-
-    first_received: float
-    last_scored: float
-    rows: int
+    rows: int = 0
+    distinct_requests: int = 0
+    distinct_records: int = 0
+    first_received: float | None = None
+    last_scored: float | None = None
 
 
 def _epoch(value: dt.datetime) -> float:
@@ -119,29 +112,24 @@ class ResultsReader:
             [],
         )
 
-    def counts(self) -> StoreCounts:
-        """Rows, distinct request ids and distinct record ids."""
+    def summary(self) -> StoreSummary:
+        """Rows, distinct request and record ids, min(received_at) and max(scored_at)."""
         c = self.table.c
         statement = select(
-            func.count(), func.count(c.request_id.distinct()), func.count(c.record_id.distinct())
-        )
-        return self._read(
-            lambda conn: StoreCounts(*(int(v) for v in conn.execute(statement).one())),
-            StoreCounts(0, 0, 0),
+            func.count(),
+            func.count(c.request_id.distinct()),
+            func.count(c.record_id.distinct()),
+            func.min(c.received_at),
+            func.max(c.scored_at),
         )
 
-    def timing(self) -> StoreTiming | None:
-        """min(received_at), max(scored_at) and the row count; None while nothing is stored."""
-        c = self.table.c
-        statement = select(func.min(c.received_at), func.max(c.scored_at), func.count())
-
-        def query(conn: Connection) -> StoreTiming | None:
-            low, high, rows = conn.execute(statement).one()
+        def query(conn: Connection) -> StoreSummary:
+            rows, requests, records, low, high = conn.execute(statement).one()
             if not rows:
-                return None
-            return StoreTiming(_epoch(low), _epoch(high), int(rows))
+                return StoreSummary()
+            return StoreSummary(int(rows), int(requests), int(records), _epoch(low), _epoch(high))
 
-        return self._read(query, None)
+        return self._read(query, StoreSummary())
 
     def processing_latencies_ms(self) -> np.ndarray:
         """received_at -> scored_at per record, ms (the consumer's own share of the latency)."""

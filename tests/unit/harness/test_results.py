@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from creditstream.batcher import Prediction
-from creditstream.harness.results import ResultsReader, StoreCounts, StoreTiming
+from creditstream.harness.results import ResultsReader, StoreSummary
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 
@@ -26,7 +26,7 @@ def prediction(request_id: str, record_id: str, received: float, scored: float) 
 def test_reads_what_the_store_wrote(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'results.db'}")
     reader = ResultsReader(settings)
-    assert reader.count() == 0 and reader.timing() is None  # before the consumer made the file
+    assert (reader.count(), reader.summary()) == (0, StoreSummary())  # before the file exists
     assert not (tmp_path / "results.db").exists(), "a reader must not create the store"
     store = ResultsStore.from_settings(settings)
     store.write(
@@ -37,14 +37,15 @@ def test_reads_what_the_store_wrote(tmp_path: Path) -> None:
         ]
     )
     assert reader.count() == 3
-    assert reader.counts() == StoreCounts(rows=3, distinct_requests=3, distinct_records=2)
+    assert reader.summary() == StoreSummary(
+        rows=3,
+        distinct_requests=3,
+        distinct_records=2,
+        first_received=pytest.approx(T0, abs=1e-5),
+        last_scored=pytest.approx(T0 + 2.002, abs=1e-5),
+    )
     assert sorted(row.request_id for row in reader.rows()) == ["a", "b", "c"]
     assert reader.probabilities_by_record() == {"1": 0.25, "2": 0.25}
-    timing = reader.timing()
-    assert timing is not None and timing.rows == 3
-    assert timing == StoreTiming(
-        pytest.approx(T0, abs=1e-5), pytest.approx(T0 + 2.002, abs=1e-5), 3
-    )
     assert sorted(np.round(reader.processing_latencies_ms(), 3)) == [2.0, 10.0, 50.0]
     reader.close()
     store.dispose()
@@ -53,4 +54,4 @@ def test_reads_what_the_store_wrote(tmp_path: Path) -> None:
 def test_reads_nothing_before_the_table_exists(tmp_path: Path) -> None:
     (tmp_path / "empty.db").touch()
     with ResultsReader(Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")) as reader:
-        assert (reader.count(), reader.rows(), reader.timing()) == (0, [], None)
+        assert (reader.count(), reader.rows(), reader.summary()) == (0, [], StoreSummary())
