@@ -6,6 +6,7 @@ shared broker would: a teardown that reached for a default name would delete it 
 
 from __future__ import annotations
 
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+import sqlalchemy
 
-from creditstream.harness import broker_vhost, isolated_run
+from creditstream.harness import broker_vhost, isolated_run, postgres_schema
 from creditstream.settings import Settings
 from creditstream.topology import (
     SharedTopologyError,
@@ -99,3 +101,22 @@ def test_tearing_down_an_isolated_run_leaves_the_defaults(
         assert existing(vhost_url, ours) == set(ours)
     assert existing(vhost_url, ours) == set()
     assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)
+
+
+def test_isolation_never_adopts_what_exists_already(vhost_url: str) -> None:
+    # A name clash must fail up front: adopting the vhost or schema would delete it afterwards.
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(vhost_url).path[1:])
+    with pytest.raises(ValueError, match="exists already"), broker_vhost(AMQP_URL, vhost):
+        pass
+    assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)
+    name = f"cs_clash_{uuid.uuid4().hex[:10]}"
+    with postgres_schema(PG_URL, name) as schema:
+        with pytest.raises(sqlalchemy.exc.ProgrammingError), postgres_schema(PG_URL, name):
+            pass
+        engine = sqlalchemy.create_engine(PG_URL)
+        with engine.connect() as conn:
+            assert conn.execute(
+                sqlalchemy.text("SELECT count(*) FROM pg_namespace WHERE nspname = :s"),
+                {"s": schema},
+            ).scalar_one()
+        engine.dispose()

@@ -54,9 +54,9 @@ def postgres_schema(pg_url: str, name: str) -> Iterator[str]:
     """A fresh schema NAME in the database at pg_url; dropped (cascade) afterwards."""
     schema = _identifier(name)
     engine = create_engine(pg_url)
+    with engine.begin() as conn:  # NOTE: fails if it exists: never drop what is not ours
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
         yield schema
     finally:
         with contextlib.suppress(Exception), engine.begin() as conn:
@@ -70,9 +70,9 @@ def postgres_database(pg_url: str, name: str) -> Iterator[str]:
     database = _identifier(name)
     # NOTE: CREATE/DROP DATABASE cannot run inside a transaction block.
     engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:  # NOTE: fails if it exists: never drop what is not ours
+        conn.execute(text(f'CREATE DATABASE "{database}"'))
     try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{database}"'))
         yield make_url(pg_url).set(database=database).render_as_string(hide_password=False)
     finally:
         with contextlib.suppress(Exception), engine.connect() as conn:
@@ -106,6 +106,13 @@ def broker_vhost(amqp_url: str, name: str, management_url: str | None = None) ->
     management = management_url or management_url_from_amqp(amqp_url)
     user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
     quoted = urllib.parse.quote(name, safe="")
+    try:
+        _management(management, "GET", f"/api/vhosts/{quoted}")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 404:
+            raise
+    else:  # NOTE: PUT would adopt it, and the clean-up would delete what is not ours
+        raise ValueError(f"vhost {name!r} exists already")
     _management(management, "PUT", f"/api/vhosts/{quoted}", {})
     try:
         _management(

@@ -78,7 +78,7 @@ class Process:
     index: int
     name: str
     argv: tuple[str, ...]
-    env: Mapping[str, str]
+    env: Mapping[str, str] = field(repr=False)  # NOTE: holds the secrets, keep it out of logs
     popen: subprocess.Popen[bytes]
     log_path: Path
     port: int | None
