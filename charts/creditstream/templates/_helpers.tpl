@@ -94,9 +94,18 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- if .Values.rabbitmq.enabled -}}{{ .Values.rabbitmq.auth.secretKeys.managementUrl }}{{- else -}}{{ .Values.externalBroker.secretKeys.managementUrl }}{{- end -}}
 {{- end -}}
 
-{{/* The vhost as it appears in a URL path: "/" -> "" (default vhost), others URL-encoded. */}}
+{{/*
+Percent-encoding of one URL component (user, password, vhost). NOTE: `urlquery` is form
+encoding (space -> "+"); URL parsers (pika, SQLAlchemy, Go's net/url in KEDA) read "+" in
+userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is already "%2B").
+*/}}
+{{- define "creditstream.urlEscape" -}}
+{{- . | urlquery | replace "+" "%20" -}}
+{{- end -}}
+
+{{/* The vhost as it appears in a URL path: "/" -> "" (default vhost), others percent-encoded. */}}
 {{- define "creditstream.rabbitmq.vhostPath" -}}
-{{- if eq .Values.rabbitmq.vhost "/" -}}{{- else -}}{{ .Values.rabbitmq.vhost | urlquery }}{{- end -}}
+{{- if eq .Values.rabbitmq.vhost "/" -}}{{- else -}}{{ include "creditstream.urlEscape" .Values.rabbitmq.vhost }}{{- end -}}
 {{- end -}}
 
 {{/* Broker password: explicit value, else the one already in the cluster, else a new one. */}}
