@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import CASE_PARAMS, CHART, ValuesCase, helm_template
+from conftest import CASE_PARAMS, CHART, ValuesCase, helm_template, parse_docs
 
 pytestmark = [pytest.mark.chart, pytest.mark.timeout(300)]
 
@@ -58,6 +60,14 @@ REJECTED = [
     pytest.param(("rabbitmq.auth.username=guest",), "choose another user name", id="guest-user"),
     pytest.param(
         ("rabbitmq.image.tag=4.1.4",), "use a -management tag", id="broker-without-management"
+    ),
+    pytest.param(
+        (f"rabbitmq.image.tag=4.1.4@sha256:{'0' * 64}",),
+        "use a -management tag",
+        id="digest-pinned-broker-without-management",
+    ),
+    pytest.param(
+        ("rabbitmq.image.tag=4.1.4-management@sha256:abc",), "tag", id="schema-short-digest"
     ),
     pytest.param(("producer.source=pvc",), "needs producer.pvc.claimName", id="pvc-without-claim"),
     pytest.param(("autoscaling.protocol=https",), "protocol", id="schema-protocol-enum"),
@@ -136,3 +146,38 @@ def test_chart_readme_explains_every_checkov_skip(rendered: dict[str, str]) -> N
     assert skipped, "no checkov skips found: the parser is broken"
     missing = sorted(s for s in skipped if s not in readme)
     assert missing == []
+
+
+# NOTE: the grammar of an image reference with a digest (distribution/reference).
+DIGEST_REF = re.compile(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*:[\w][\w.-]{0,127}@sha256:[0-9a-f]{64}$")
+
+
+def readme_digest_example() -> str:
+    """The YAML block of the chart README that pins images by digest."""
+    readme = (CHART / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    (block,) = [b for b in blocks if "@sha256:" in b]
+    return block
+
+
+@pytest.mark.parametrize("major", [pytest.param("3", id="helm3"), pytest.param("4", id="helm4")])
+def test_the_readme_digest_pin_example_renders(
+    helm_binaries: dict[str, Path], major: str, tmp_path: Path
+) -> None:
+    """The README's own `tag@sha256:…` example, digests filled in, passes validation."""
+    digest = hashlib.sha256(b"an image manifest").hexdigest()
+    values = re.sub(r"<digest of [^>]+>", digest, readme_digest_example())
+    values_file = tmp_path / "digests.yaml"
+    values_file.write_text(values)
+    result = helm_template(helm_binaries[major], (values_file,), check=False)
+    assert result.returncode == 0, result.stderr
+    images = {
+        c["image"]
+        for d in parse_docs(result.stdout)
+        if d["kind"] in {"Deployment", "StatefulSet", "Job", "Pod"}
+        for c in (d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"])["containers"]
+    }
+    expected = {f"{name}@sha256:{digest}" for name in (
+        "rabbitmq:4.1.4-management", "creditstream-consumer:0.1.0", "creditstream-producer:0.1.0")}  # fmt: skip
+    assert images == expected
+    assert all(DIGEST_REF.match(image) for image in images), images
