@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from chart_checks import (
 from conftest import (
     CASE_PARAMS,
     CASES,
+    CHART,
     REPO_ROOT,
     SHARED,
     ValuesCase,
@@ -487,3 +489,35 @@ def test_rendered_manifests_pass_the_contract_checks() -> None:
     ):
         assert check(docs) == [], check.__name__
     assert secret_ref_problems(docs, {"creditstream-broker", "creditstream-database"}) == []
+
+
+def test_kind_port_mappings_do_not_block_port_forwards(rendered_docs: dict[str, Docs]) -> None:
+    """A kind hostPort is bound on the host: it must lead to a NodePort some Service uses, and
+    never take a port that skaffold's portForward or the NOTES' port-forward want."""
+    config = yaml.safe_load((REPO_ROOT / "k8s" / "kind-cluster.yaml").read_text())
+    mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])]
+    skaffold = yaml.safe_load((REPO_ROOT / "skaffold.yaml").read_text())
+    forwarded = {int(p["localPort"]) for p in skaffold.get("portForward", [])}
+    # NOTE: `helm template` leaves NOTES.txt out; its `.Values.x.y` ports are looked up here.
+    values = effective_values(next(c for c in CASES if c.id == "kind"))
+
+    def value(match: re.Match[str]) -> str:
+        node: Any = values
+        for key in match.group(1).split("."):
+            node = node[key]
+        return str(node)
+
+    notes = re.sub(
+        r"\{\{ \.Values\.([\w.]+) \}\}", value, (CHART / "templates" / "NOTES.txt").read_text()
+    )
+    forwarded |= {int(m) for m in re.findall(r"port-forward \S+ (\d+):", notes)}
+    assert forwarded, "no port-forward found: the parsers are broken"
+    node_ports = {
+        int(port["nodePort"])
+        for service in by_kind(rendered_docs["kind"], "Service")
+        for port in service["spec"]["ports"]
+        if "nodePort" in port
+    }
+    for mapping in mappings:
+        assert int(mapping["hostPort"]) not in forwarded, mapping
+        assert int(mapping["containerPort"]) in node_ports, f"{mapping}: no Service uses it"
