@@ -157,6 +157,32 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
+{{/*
+Checksums for the pod templates' `checksum/*` annotations: pods roll when what they read
+changes. NOTE: they hash the values a Secret is made from, never a generated password: that one
+is random on install and looked up on upgrade, so hashing the rendered Secret rolled the broker,
+the database and the consumers on the first `helm upgrade`. A user-supplied password is hashed
+(rotating it rolls the pods); an existingSecret is hashed by name and keys (its content is not
+the chart's to see).
+*/}}
+{{- define "creditstream.broker.secretChecksum" -}}
+{{- $v := .Values -}}
+{{- $inputs := dict "existingSecret" $v.externalBroker.existingSecret "amqpUrl" $v.externalBroker.amqpUrl "managementUrl" $v.externalBroker.managementUrl "keys" $v.externalBroker.secretKeys -}}
+{{- if $v.rabbitmq.enabled -}}
+{{- $inputs = dict "auth" $v.rabbitmq.auth "vhost" $v.rabbitmq.vhost "host" (include "creditstream.rabbitmq.fullname" .) "namespace" .Release.Namespace -}}
+{{- end -}}
+{{- $inputs | toJson | sha256sum -}}
+{{- end -}}
+
+{{- define "creditstream.database.secretChecksum" -}}
+{{- $v := .Values -}}
+{{- $inputs := dict "existingSecret" $v.externalDatabase.existingSecret "key" $v.externalDatabase.existingSecretKey "url" $v.externalDatabase.url -}}
+{{- if $v.postgresql.enabled -}}
+{{- $inputs = dict "auth" $v.postgresql.auth "host" (include "creditstream.postgresql.fullname" .) "namespace" .Release.Namespace -}}
+{{- end -}}
+{{- $inputs | toJson | sha256sum -}}
+{{- end -}}
+
 {{/* Env vars the chart manages; extraEnv may not redefine them. */}}
 {{- define "creditstream.managedEnv" -}}
 CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH
