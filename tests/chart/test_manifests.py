@@ -521,3 +521,43 @@ def test_kind_port_mappings_do_not_block_port_forwards(rendered_docs: dict[str, 
     for mapping in mappings:
         assert int(mapping["hostPort"]) not in forwarded, mapping
         assert int(mapping["containerPort"]) in node_ports, f"{mapping}: no Service uses it"
+
+
+WATERMARKS = [
+    pytest.param("1Gi", 0.6, 644245094, id="1Gi-x0.6"),
+    pytest.param("512Mi", 0.6, 322122547, id="512Mi-x0.6"),
+    pytest.param("4Gi", 0.4, 1717986918, id="4Gi-x0.4"),
+    pytest.param("2G", 0.5, 1000000000, id="2G-x0.5"),
+    pytest.param("1500M", 0.6, 900000000, id="1500M-x0.6"),
+    pytest.param("1073741824", 0.6, 644245094, id="bytes-x0.6"),
+]
+
+
+@pytest.mark.parametrize(("limit", "fraction", "expected"), WATERMARKS)
+def test_broker_memory_watermark_is_absolute_from_the_container_limit(
+    helm: Path, limit: str, fraction: float, expected: int
+) -> None:
+    """RabbitMQ in a container should get an absolute watermark: the VM sees the host's memory,
+    not the cgroup limit, so a relative one can exceed the limit and the pod is OOM-killed."""
+    docs = parse_docs(
+        helm_template(
+            helm,
+            sets=(f"rabbitmq.resources.limits.memory={limit}",),
+            # NOTE: --set keeps a float as a string; --set-json passes a number.
+            extra=("--set-json", f"rabbitmq.memoryHighWatermark={fraction}"),
+        ).stdout
+    )
+    config = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config"))
+    lines = dict(
+        line.split(" = ", 1)
+        for line in config["data"]["rabbitmq.conf"].splitlines()
+        if " = " in line and not line.startswith("#")
+    )
+    assert "vm_memory_high_watermark.relative" not in lines
+    assert lines["vm_memory_high_watermark.absolute"] == str(expected)
+
+
+def test_broker_without_a_memory_limit_is_refused(helm: Path) -> None:
+    result = helm_template(helm, sets=("rabbitmq.resources.limits=null",), check=False)
+    assert result.returncode != 0
+    assert "rabbitmq.resources.limits.memory" in result.stderr, result.stderr

@@ -122,6 +122,35 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
+{{/* Bytes of a Kubernetes memory quantity (e.g. 1Gi, 1500M, 1073741824); "" when unparsable. */}}
+{{- define "creditstream.quantityBytes" -}}
+{{- $q := toString . -}}
+{{- $factors := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $bytes := "" -}}
+{{- if regexMatch "^[0-9]+$" $q -}}
+{{- $bytes = $q -}}
+{{- else -}}
+{{- range $suffix, $factor := $factors -}}
+{{- if regexMatch (printf "^[0-9]+([.][0-9]+)?%s$" $suffix) $q -}}
+{{- $bytes = printf "%d" (int64 (floor (mulf (float64 (trimSuffix $suffix $q)) $factor))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $bytes -}}
+{{- end -}}
+
+{{/*
+The broker's memory high watermark in bytes: rabbitmq.memoryHighWatermark x the container's
+memory limit. NOTE: RabbitMQ advises an absolute watermark in containers: the Erlang VM reads the
+host's memory, not the cgroup limit, so a relative one can sit above the limit (OOM kill).
+*/}}
+{{- define "creditstream.rabbitmq.watermarkBytes" -}}
+{{- $limit := include "creditstream.quantityBytes" (dig "limits" "memory" "" .Values.rabbitmq.resources) -}}
+{{- if $limit -}}
+{{- printf "%d" (int64 (floor (mulf (float64 $limit) .Values.rabbitmq.memoryHighWatermark))) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ---- database ---------------------------------------------------------------------------- */}}
 {{- define "creditstream.postgresql.fullname" -}}
 {{- printf "%s-postgresql" (include "creditstream.fullname" .) | trunc 63 | trimSuffix "-" -}}
