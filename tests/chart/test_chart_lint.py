@@ -69,6 +69,31 @@ REJECTED = [
     pytest.param(
         ("rabbitmq.image.tag=4.1.4-management@sha256:abc",), "tag", id="schema-short-digest"
     ),
+    pytest.param(
+        ("autoscaling.behavior.scaleDown.stabilisationWindowSeconds=60",),
+        "stabilisationWindowSeconds",
+        id="schema-behavior-typo",
+    ),
+    pytest.param(
+        ("autoscaling.behavior.scaleUp.policies[0].type=Percentage",),
+        "type",
+        id="schema-behavior-policy-type",
+    ),
+    pytest.param(
+        ("autoscaling.behavior.scaleUp.selectPolicy=Maximum",),
+        "selectPolicy",
+        id="schema-behavior-select-policy",
+    ),
+    pytest.param(
+        ("autoscaling.behavior.scaleDown.policies[0].periodSeconds=3601",),
+        "periodSeconds",
+        id="schema-behavior-period-too-long",
+    ),
+    pytest.param(
+        ("autoscaling.behavior.scaleDown.stabilizationWindowSeconds=-1",),
+        "stabilizationWindowSeconds",
+        id="schema-behavior-negative-window",
+    ),
     pytest.param(("producer.source=pvc",), "needs producer.pvc.claimName", id="pvc-without-claim"),
     pytest.param(("autoscaling.protocol=https",), "protocol", id="schema-protocol-enum"),
     pytest.param(("consumer.queueName=",), "queueName", id="schema-empty-queue-name"),

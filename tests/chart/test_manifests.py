@@ -561,3 +561,30 @@ def test_broker_without_a_memory_limit_is_refused(helm: Path) -> None:
     result = helm_template(helm, sets=("rabbitmq.resources.limits=null",), check=False)
     assert result.returncode != 0
     assert "rabbitmq.resources.limits.memory" in result.stderr, result.stderr
+
+
+def test_hpa_behavior_tolerance_reaches_a_valid_scaledobject(helm: Path) -> None:
+    """The per-direction `tolerance` (a Quantity) is accepted and valid for KEDA's CRD."""
+    _require_keda_schemas()
+    docs = parse_docs(
+        helm_template(
+            helm,
+            sets=(
+                "autoscaling.behavior.scaleUp.tolerance=0.05",
+                "autoscaling.behavior.scaleDown.tolerance=100m",
+            ),
+        ).stdout
+    )
+    (scaled,) = by_kind(docs, "ScaledObject")
+    behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert (behavior["scaleUp"]["tolerance"], behavior["scaleDown"]["tolerance"]) == ("0.05", "100m")
+    assert _keda_errors(scaled) == []
+
+
+def test_a_float_tolerance_is_refused_before_kubernetes_refuses_it(helm: Path) -> None:
+    """KEDA's CRD takes an integer or a Quantity string; a YAML float would fail at apply time."""
+    result = helm_template(
+        helm, extra=("--set-json", "autoscaling.behavior.scaleUp.tolerance=0.05"), check=False
+    )
+    assert result.returncode != 0
+    assert "tolerance" in result.stderr, result.stderr
