@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import fetch_helm
+import images
 import pytest
 
 from conftest import REPO_ROOT
@@ -132,3 +134,37 @@ def test_elsewhere_a_helm_of_the_pinned_major_on_path_is_used(
     assert fetch_helm.fetch(fetch_helm.SOURCES[0]) == bin_dir / "helm"
     with pytest.raises(SystemExit, match="helm 4"):
         fetch_helm.fetch(fetch_helm.SOURCES[1])  # the helm on PATH is a 3.x
+
+
+def rendered_image_refs() -> set[str]:
+    """Images the committed plain manifests (k8s/rendered) run."""
+    refs = set()
+    for path in (REPO_ROOT / "k8s" / "rendered").rglob("*.yaml"):
+        refs |= set(re.findall(r'image: "?(creditstream-[a-z]+:[^"\s]+)"?', path.read_text()))
+    return refs
+
+
+def test_make_images_builds_the_tags_the_rendered_manifests_run(fresh_clone: Path) -> None:
+    """`make images` tags = what k8s/rendered (and the chart's defaults) reference."""
+    plan = "\n".join(make_plan(fresh_clone, "images"))
+    tags = re.findall(r"scripts/images.py build --tag (\S+)", plan)
+    assert tags, plan
+    built = {spec.ref(tags[0]) for spec in images.IMAGES}
+    assert rendered_image_refs() == built, plan
+
+
+def test_plain_manifests_walkthrough_builds_loads_and_installs_keda_first() -> None:
+    """docs/kubernetes.md: before `kubectl apply -f k8s/rendered`, the images exist in the
+    cluster and KEDA's CRDs are installed (the ScaledObject is refused without them)."""
+    text = (REPO_ROOT / "docs" / "kubernetes.md").read_text()
+    section = text.split("## Plain manifests", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    apply = next(i for i, c in enumerate(commands) if c.startswith("kubectl apply") and "k8s/rendered" in c)
+
+    def before_apply(command: str) -> bool:
+        return any(command in c for c in commands[:apply])
+
+    assert before_apply("make images"), block
+    assert before_apply("make kind-load"), block
+    assert before_apply("make keda-install"), block
