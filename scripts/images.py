@@ -197,14 +197,21 @@ def inspect(engine: str, ref: str) -> tuple[int, int]:
     return int(info["Size"]), len(info["RootFS"]["Layers"])
 
 
-def build(engine: str, spec: ImageSpec, tag: str, python_image: str | None) -> Built:
+def build(
+    engine: str, spec: ImageSpec, tag: str, python_image: str | None, *, quiet: bool = False
+) -> Built:
     """Build one image from the repository root (layer cache on) and inspect it."""
     ref = spec.ref(tag)
     cmd = [engine, "build", "--network", "host", "-f", str(spec.dockerfile), "-t", ref]
     if python_image:
         cmd += ["--build-arg", f"PYTHON_IMAGE={python_image}"]
     started = time.monotonic()
-    subprocess.run([*cmd, str(REPO_ROOT)], check=True, timeout=3600)
+    out = subprocess.run(
+        [*cmd, str(REPO_ROOT)], timeout=3600, text=True, capture_output=quiet, check=False
+    )
+    if out.returncode != 0:
+        tail = (out.stdout or "")[-4000:] + (out.stderr or "")[-4000:] if quiet else ""
+        raise EngineError(f"{' '.join(cmd)} failed ({out.returncode}){tail and chr(10) + tail}")
     seconds = time.monotonic() - started
     size, layers = inspect(engine, ref)
     return Built(ref, seconds, size, layers)

@@ -20,6 +20,7 @@ SHARED = REPO_ROOT.parent / "shared"
 # NOTE: scripts/ holds the tool fetchers and the manifest renderer the tests reuse.
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import fetch_helm  # noqa: E402
+import images  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,32 @@ def helm_binaries() -> dict[str, Path]:
 def helm(helm_binaries: dict[str, Path]) -> Path:
     """Helm 3 renders for the checks (Helm 4 is linted and compared separately)."""
     return helm_binaries["3"]
+
+
+@pytest.fixture(scope="session")
+def built_images() -> tuple[str, dict[str, str]]:
+    """(engine, {component: image ref}): both images built as `make images` builds them.
+
+    Layers are cached, so an unchanged tree rebuilds in seconds and a changed one is what the
+    tests run. The base is CREDITSTREAM_TEST_PYTHON_IMAGE, else the local Debian base
+    (`make base-image`, built here if missing). No engine: a failure under CI, a skip elsewhere.
+    """
+    import os
+
+    try:
+        engine = images.detect_engine()
+    except images.EngineError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    python_image = os.environ.get("CREDITSTREAM_TEST_PYTHON_IMAGE") or images.build_base(engine)
+    tag = images.chart_tag()
+    refs = {}
+    for spec in images.IMAGES:
+        built = images.build(engine, spec, tag, python_image, quiet=True)
+        print(images.report_line(built))
+        refs[spec.component] = built.ref
+    return engine, refs
 
 
 def helm_template(
