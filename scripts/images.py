@@ -146,10 +146,18 @@ def build_base(engine: str, *, force: bool = False, image: str = BASE_IMAGE) -> 
     with tempfile.TemporaryDirectory(dir=cache, prefix="base-image-") as tmp:
         rootfs = Path(tmp) / "rootfs"
         subprocess.run(
-            [debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-             DEBIAN_SUITE, str(rootfs), DEBIAN_MIRROR],
-            check=True, timeout=1800, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                debootstrap,
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                DEBIAN_SUITE,
+                str(rootfs),
+                DEBIAN_MIRROR,
+            ],
+            check=True,
+            timeout=1800,
+            stdout=subprocess.DEVNULL,
+        )
         (rootfs / "usr/bin/python").symlink_to("python3")
         # NOTE: pip inside the image builds must trust what this machine trusts (a TLS proxy
         # may sit between it and PyPI), so the host's CA bundle replaces Debian's.
@@ -167,13 +175,22 @@ def build_base(engine: str, *, force: bool = False, image: str = BASE_IMAGE) -> 
             tar.add(rootfs, arcname=".")
         shutil.rmtree(rootfs)
         subprocess.run(
-            [engine, "import",
-             "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-             "--change", "ENV LANG=C.UTF-8",
-             "--change", 'CMD ["python3"]',
-             str(archive), image],
-            check=True, timeout=600, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                engine,
+                "import",
+                "--change",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--change",
+                "ENV LANG=C.UTF-8",
+                "--change",
+                'CMD ["python3"]',
+                str(archive),
+                image,
+            ],
+            check=True,
+            timeout=600,
+            stdout=subprocess.DEVNULL,
+        )
     print(f"{image}: built from Debian {DEBIAN_SUITE} in {time.monotonic() - started:.0f} s")
     return image
 

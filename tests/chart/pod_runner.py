@@ -51,13 +51,30 @@ NOT_REPRODUCED = {
         "startupProbe": "the test polls the same path and port",
     },
 }
-POD_FIELDS = {"containers", "initContainers", "securityContext", "terminationGracePeriodSeconds",
-              "volumes"} | set(NOT_REPRODUCED["pod"])  # fmt: skip
-CONTAINER_FIELDS = {"image", "command", "args", "env", "envFrom", "resources", "securityContext",
-                    "volumeMounts"} | set(NOT_REPRODUCED["container"])  # fmt: skip
+POD_FIELDS = {
+    "containers",
+    "initContainers",
+    "securityContext",
+    "terminationGracePeriodSeconds",
+    "volumes",
+} | set(NOT_REPRODUCED["pod"])
+CONTAINER_FIELDS = {
+    "image",
+    "command",
+    "args",
+    "env",
+    "envFrom",
+    "resources",
+    "securityContext",
+    "volumeMounts",
+} | set(NOT_REPRODUCED["container"])
 POD_SECURITY = {"runAsNonRoot", "runAsUser", "runAsGroup", "fsGroup", "seccompProfile"}
 CONTAINER_SECURITY = POD_SECURITY - {"fsGroup"} | {
-    "readOnlyRootFilesystem", "allowPrivilegeEscalation", "privileged", "capabilities"}  # fmt: skip
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
+    "privileged",
+    "capabilities",
+}
 DOWNWARD_API = {"status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}
 
 
@@ -77,8 +94,16 @@ def _check_fields(where: str, present: Mapping[str, Any], known: set[str]) -> No
 
 
 def _quantity_bytes(quantity: str) -> int:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6,
-             "G": 10**9, "T": 10**12}  # fmt: skip
+    units = {
+        "Ki": 2**10,
+        "Mi": 2**20,
+        "Gi": 2**30,
+        "Ti": 2**40,
+        "k": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+    }
     for suffix, factor in units.items():
         if str(quantity).endswith(suffix):
             return int(float(str(quantity)[: -len(suffix)]) * factor)
@@ -173,8 +198,11 @@ def run_spec(
         args += ["--cpus", _cpus(limits["cpu"])]
     for service in by_kind(docs, "Service"):
         meta = service["metadata"]
-        for host in (meta["name"], f"{meta['name']}.{meta['namespace']}.svc",
-                     f"{meta['name']}.{meta['namespace']}.svc.cluster.local"):  # fmt: skip
+        for host in (
+            meta["name"],
+            f"{meta['name']}.{meta['namespace']}.svc",
+            f"{meta['name']}.{meta['namespace']}.svc.cluster.local",
+        ):
             args += ["--add-host", f"{host}:127.0.0.1"]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     for mount in container.get("volumeMounts", []):
@@ -189,7 +217,10 @@ def run_spec(
             claim = volume["persistentVolumeClaim"]["claimName"]
             assert claims and claim in claims, f"no host folder given for PVC {claim}"
             read_only = mount.get("readOnly") or volume["persistentVolumeClaim"].get("readOnly")
-            args += ["--volume", f"{claims[claim]}:{mount['mountPath']}:{'ro' if read_only else 'rw'}"]
+            args += [
+                "--volume",
+                f"{claims[claim]}:{mount['mountPath']}:{'ro' if read_only else 'rw'}",
+            ]
         else:
             raise UnsupportedField(f"volume {mount['name']}: {sorted(kinds)}")
     grace = int(pod.get("terminationGracePeriodSeconds", 30))
@@ -215,38 +246,59 @@ class Containers:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in spec.env.items()))
         env_file.chmod(0o600)
         self.names.append(spec.args[spec.args.index("--name") + 1])
-        return [self.engine, "run", *(["--detach"] if detach else []), "--env-file",
-                str(env_file), *spec.args, spec.image, *spec.argv]  # fmt: skip
+        return [
+            self.engine,
+            "run",
+            *(["--detach"] if detach else []),
+            "--env-file",
+            str(env_file),
+            *spec.args,
+            spec.image,
+            *spec.argv,
+        ]
 
     def start(self, spec: RunSpec) -> str:
         """Start detached; returns the container name."""
-        subprocess.run(self._command(spec, detach=True), check=True, capture_output=True,
-                       timeout=120)  # fmt: skip
+        subprocess.run(
+            self._command(spec, detach=True), check=True, capture_output=True, timeout=120
+        )
         return self.names[-1]
 
     def run(self, spec: RunSpec, timeout: float) -> subprocess.CompletedProcess[str]:
         """Run to completion (the container is kept for its logs until cleanup)."""
-        return subprocess.run(self._command(spec, detach=False), capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            self._command(spec, detach=False), capture_output=True, text=True, timeout=timeout
+        )
 
     def logs(self, name: str, tail: int = 60) -> str:
-        out = subprocess.run([self.engine, "logs", "--tail", str(tail), name],
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            [self.engine, "logs", "--tail", str(tail), name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return out.stdout + out.stderr
 
     def state(self, name: str) -> dict[str, Any]:
         import json
 
-        out = subprocess.run([self.engine, "inspect", name], capture_output=True, text=True,
-                             timeout=60, check=True)  # fmt: skip
+        out = subprocess.run(
+            [self.engine, "inspect", name], capture_output=True, text=True, timeout=60, check=True
+        )
         return dict(json.loads(out.stdout)[0]["State"])
 
     def stop(self, name: str, grace: int) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds, as the kubelet does."""
-        subprocess.run([self.engine, "stop", "--time", str(grace), name], capture_output=True,
-                       timeout=grace + 60)  # fmt: skip
+        subprocess.run(
+            [self.engine, "stop", "--time", str(grace), name],
+            capture_output=True,
+            timeout=grace + 60,
+        )
 
     def cleanup(self) -> None:
         for name in self.names:
-            subprocess.run([self.engine, "rm", "--force", "--time", "0", name],
-                           capture_output=True, timeout=120)  # fmt: skip
+            subprocess.run(
+                [self.engine, "rm", "--force", "--time", "0", name],
+                capture_output=True,
+                timeout=120,
+            )

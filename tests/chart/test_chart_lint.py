@@ -202,7 +202,13 @@ def test_the_readme_digest_pin_example_renders(
         if d["kind"] in {"Deployment", "StatefulSet", "Job", "Pod"}
         for c in (d["spec"] if d["kind"] == "Pod" else d["spec"]["template"]["spec"])["containers"]
     }
-    expected = {f"{name}@sha256:{digest}" for name in (
-        "rabbitmq:4.1.4-management", "creditstream-consumer:0.1.0", "creditstream-producer:0.1.0")}  # fmt: skip
+    expected = {
+        f"{name}@sha256:{digest}"
+        for name in (
+            "rabbitmq:4.1.4-management",
+            "creditstream-consumer:0.1.0",
+            "creditstream-producer:0.1.0",
+        )
+    }
     assert images == expected
     assert all(DIGEST_REF.match(image) for image in images), images

@@ -61,10 +61,24 @@ class Isolation:
 
 def _psql(sql: str, database: str = "postgres") -> str:
     out = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1",
-         "-tAc", sql],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -87,10 +101,24 @@ def isolation() -> Iterator[Isolation]:
         _psql(f"CREATE DATABASE {iso.database} OWNER {iso.database}")
         yield iso
     finally:
-        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force",
-                        iso.database], capture_output=True, timeout=60)  # fmt: skip
-        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-c",
-                        f"DROP ROLE IF EXISTS {iso.database}"], capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", "--force", iso.database],
+            capture_output=True,
+            timeout=60,
+        )
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                f"DROP ROLE IF EXISTS {iso.database}",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         _rabbitmqctl("delete_user", iso.user, check=False)
         _rabbitmqctl("delete_vhost", iso.vhost, check=False)
 
@@ -105,8 +133,9 @@ def data_csv() -> Path:
     return path
 
 
-def render(helm: Path, iso: Isolation, data_csv: Path, records: int, rate: int, port: int,
-           tmp_path: Path) -> Docs:  # fmt: skip
+def render(
+    helm: Path, iso: Isolation, data_csv: Path, records: int, rate: int, port: int, tmp_path: Path
+) -> Docs:
     """The install as a user would render it, for this test's broker user and database."""
     values = {
         "rabbitmq": {"vhost": iso.vhost, "auth": {"username": iso.user, "password": iso.password}},
@@ -196,9 +225,10 @@ def run_chart_in_containers(
     (job,) = by_kind(docs, "Job")
     (test_pod,) = by_kind(docs, "Pod")
     rendered = {
-        c["image"] for w in (deployment, job, test_pod) for c in w["spec"].get(
-            "template", {"spec": w["spec"]})["spec"]["containers"]
-    }  # fmt: skip
+        c["image"]
+        for w in (deployment, job, test_pod)
+        for c in w["spec"].get("template", {"spec": w["spec"]})["spec"]["containers"]
+    }
     assert rendered == set(refs.values()), "the chart runs other images than `make images` builds"
 
     containers = Containers(engine, tmp_path)
@@ -209,8 +239,12 @@ def run_chart_in_containers(
         readiness = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
         started = time.monotonic()
         containers.start(consumer)
-        wait_ready(f"http://127.0.0.1:{port}{readiness['httpGet']['path']}", 120, containers,
-                   f"{prefix}-consumer-0")  # fmt: skip
+        wait_ready(
+            f"http://127.0.0.1:{port}{readiness['httpGet']['path']}",
+            120,
+            containers,
+            f"{prefix}-consumer-0",
+        )
         timings["consumer_ready_s"] = time.monotonic() - started
 
         producer = run_spec(docs, job, name=f"{prefix}-producer", claims={PVC: data_csv.parent})
@@ -228,8 +262,12 @@ def run_chart_in_containers(
             )
             containers.start(run_spec(docs, deployment, name=f"{prefix}-consumer-1"))
             deadline = job["spec"]["activeDeadlineSeconds"]
-            subprocess.run([engine, "wait", f"{prefix}-producer"], timeout=deadline,
-                           capture_output=True, check=True)  # fmt: skip
+            subprocess.run(
+                [engine, "wait", f"{prefix}-producer"],
+                timeout=deadline,
+                capture_output=True,
+                check=True,
+            )
             state = containers.state(f"{prefix}-producer")
             assert state["ExitCode"] == 0, containers.logs(f"{prefix}-producer")
         timings["producer_s"] = time.monotonic() - started
@@ -275,7 +313,13 @@ def test_thirty_thousand_real_records_scored_exactly_once_by_the_consumer_image(
     tmp_path: Path,
 ) -> None:
     timings = run_chart_in_containers(
-        built_images, helm, isolation, data_csv, tmp_path, records=30000, rate=2000,
+        built_images,
+        helm,
+        isolation,
+        data_csv,
+        tmp_path,
+        records=30000,
+        rate=2000,
         sigterm_at=8000,
-    )  # fmt: skip
+    )
     print(f"\n30,000 records, SIGTERM mid-stream: {timings}")

@@ -74,8 +74,12 @@ CHANGES = [
         ("postgresql.auth.password=second",),
         id="database-password",
     ),
-    pytest.param((), ("rabbitmq.auth.password=first",), ("rabbitmq.auth.password=second",),
-                 id="broker-password"),  # fmt: skip
+    pytest.param(
+        (),
+        ("rabbitmq.auth.password=first",),
+        ("rabbitmq.auth.password=second",),
+        id="broker-password",
+    ),
     pytest.param((), ("rabbitmq.vhost=a",), ("rabbitmq.vhost=b",), id="broker-vhost"),
     pytest.param((), ("consumer.queueName=a",), ("consumer.queueName=b",), id="settings"),
 ]
@@ -97,8 +101,9 @@ def test_broker_and_database_roll_when_their_password_changes(helm: Path) -> Non
     files = (CHART / "ci" / "postgresql-values.yaml",)
     sets = ("rabbitmq.auth.password=first", "postgresql.auth.password=first")
     changed = ("rabbitmq.auth.password=second", "postgresql.auth.password=second")
-    before, after = pod_annotations(_render(helm, files, sets)), pod_annotations(
-        _render(helm, files, changed)
+    before, after = (
+        pod_annotations(_render(helm, files, sets)),
+        pod_annotations(_render(helm, files, changed)),
     )
     for name in ("cs-creditstream-rabbitmq", "cs-creditstream-postgresql"):
         assert before[name] != after[name], name

@@ -72,7 +72,9 @@ def _path_without_helm() -> str:
 def test_venv_is_created_before_it_is_used(fresh_clone: Path, targets: tuple[str, ...]) -> None:
     """A target that runs .venv/bin/python must first create the venv (`make install`)."""
     plan = make_plan(fresh_clone, *targets, path=_path_without_helm())
-    uses = [i for i, line in enumerate(plan) if ".venv/bin/python " in line and "-m venv" not in line]
+    uses = [
+        i for i, line in enumerate(plan) if ".venv/bin/python " in line and "-m venv" not in line
+    ]
     creates = [i for i, line in enumerate(plan) if "-m venv .venv" in line]
     if uses:
         assert creates and creates[0] < uses[0], "\n".join(plan)
@@ -160,7 +162,9 @@ def test_plain_manifests_walkthrough_builds_loads_and_installs_keda_first() -> N
     section = text.split("## Plain manifests", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     commands = [line.split("#")[0].strip() for line in block.splitlines()]
-    apply = next(i for i, c in enumerate(commands) if c.startswith("kubectl apply") and "k8s/rendered" in c)
+    apply = next(
+        i for i, c in enumerate(commands) if c.startswith("kubectl apply") and "k8s/rendered" in c
+    )
 
     def before_apply(command: str) -> bool:
         return any(command in c for c in commands[:apply])

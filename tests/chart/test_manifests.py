@@ -547,7 +547,9 @@ def test_broker_memory_watermark_is_absolute_from_the_container_limit(
             extra=("--set-json", f"rabbitmq.memoryHighWatermark={fraction}"),
         ).stdout
     )
-    config = next(c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config"))
+    config = next(
+        c for c in by_kind(docs, "ConfigMap") if c["metadata"]["name"].endswith("-config")
+    )
     lines = dict(
         line.split(" = ", 1)
         for line in config["data"]["rabbitmq.conf"].splitlines()
@@ -577,7 +579,10 @@ def test_hpa_behavior_tolerance_reaches_a_valid_scaledobject(helm: Path) -> None
     )
     (scaled,) = by_kind(docs, "ScaledObject")
     behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    assert (behavior["scaleUp"]["tolerance"], behavior["scaleDown"]["tolerance"]) == ("0.05", "100m")
+    assert (behavior["scaleUp"]["tolerance"], behavior["scaleDown"]["tolerance"]) == (
+        "0.05",
+        "100m",
+    )
     assert _keda_errors(scaled) == []
 
 

@@ -46,10 +46,14 @@ def broker_user(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], check=True, timeout=60)
     try:
         subprocess.run(["rabbitmqctl", "-q", "add_user", user, password], check=True, timeout=60)
-        subprocess.run(["rabbitmqctl", "-q", "set_user_tags", user, "monitoring"], check=True,
-                       timeout=60)  # fmt: skip
-        subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*",
-                        ".*"], check=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_user_tags", user, "monitoring"], check=True, timeout=60
+        )
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"],
+            check=True,
+            timeout=60,
+        )
         yield {"user": user, "password": password, "vhost": vhost}
     finally:
         subprocess.run(["rabbitmqctl", "-q", "delete_user", user], timeout=60)
