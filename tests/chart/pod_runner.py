@@ -246,13 +246,16 @@ class Containers:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in spec.env.items()))
         env_file.chmod(0o600)
         self.names.append(spec.args[spec.args.index("--name") + 1])
+        args = spec.args
+        if Path(self.engine).name != "podman":  # NOTE: docker mounts no tmpfs on --read-only
+            args = [a for a in args if a != "--read-only-tmpfs=false"]
         return [
             self.engine,
             "run",
             *(["--detach"] if detach else []),
             "--env-file",
             str(env_file),
-            *spec.args,
+            *args,
             spec.image,
             *spec.argv,
         ]
@@ -296,9 +299,10 @@ class Containers:
         )
 
     def cleanup(self) -> None:
+        timeout_flag = ["--time", "0"] if Path(self.engine).name == "podman" else []
         for name in self.names:
             subprocess.run(
-                [self.engine, "rm", "--force", "--time", "0", name],
+                [self.engine, "rm", "--force", *timeout_flag, name],
                 capture_output=True,
                 timeout=120,
             )
