@@ -373,3 +373,54 @@ def test_build_context_is_exactly_what_the_dockerfiles_need(
     extra = {f for f in sent if f not in needed and not f.startswith("services/creditstream/")}
     assert extra == set(), sorted(extra)
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in sent)
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        pytest.param(
+            "creditstream-consumer:0.1.0",
+            "docker.io/library/creditstream-consumer:0.1.0",
+            id="short",
+        ),
+        pytest.param(
+            "team/creditstream-consumer:0.1.0",
+            "docker.io/team/creditstream-consumer:0.1.0",
+            id="docker-hub-namespace",
+        ),
+        pytest.param(
+            "registry.example.com/cs/consumer:1",
+            "registry.example.com/cs/consumer:1",
+            id="registry",
+        ),
+        pytest.param(
+            "localhost/creditstream-consumer:0.1.0",
+            "localhost/creditstream-consumer:0.1.0",
+            id="localhost",
+        ),
+    ],
+)
+def test_kubelet_name_normalises_like_containerd(ref: str, expected: str) -> None:
+    assert images.kubelet_name(ref) == expected
+
+
+@pytest.mark.images
+def test_kind_archive_names_the_images_as_the_kubelet_resolves_them(
+    built_images: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """`make kind-load` with podman: the archive must carry docker.io/library/… names, since
+    podman's own `localhost/…` would never match the chart's `creditstream-consumer:0.1.0`."""
+    import tarfile
+
+    engine, refs = built_images
+    archive = tmp_path / "images.tar"
+    names = images.save_for_kubelet(engine, sorted(refs.values()), archive)
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            assert member is not None
+            manifest = json.load(member)
+    finally:
+        archive.unlink(missing_ok=True)
+    tags = {tag for entry in manifest for tag in entry["RepoTags"]}
+    assert tags == {f"docker.io/library/{ref}" for ref in refs.values()} == set(names)
