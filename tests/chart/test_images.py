@@ -424,3 +424,25 @@ def test_kind_archive_names_the_images_as_the_kubelet_resolves_them(
         archive.unlink(missing_ok=True)
     tags = {tag for entry in manifest for tag in entry["RepoTags"]}
     assert tags == {f"docker.io/library/{ref}" for ref in refs.values()} == set(names)
+
+
+def test_an_engine_cli_without_its_daemon_is_not_chosen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """These machines have a docker CLI but no daemon: `make images` must not pick it."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI on this machine to try")
+    if images.engine_problem(docker) is None:
+        pytest.skip("docker has a running daemon here")
+    only_docker = tmp_path / "bin"
+    only_docker.mkdir()
+    (only_docker / "docker").symlink_to(docker)
+    monkeypatch.setenv("PATH", str(only_docker))
+    monkeypatch.delenv("CONTAINER_ENGINE", raising=False)
+    with pytest.raises(images.EngineError, match="docker info failed"):
+        images.detect_engine()
+    podman = shutil.which("podman", path="/usr/bin:/usr/local/bin")
+    if podman is not None:
+        (only_docker / "podman").symlink_to(podman)
+        assert images.detect_engine() == str(only_docker / "podman")
