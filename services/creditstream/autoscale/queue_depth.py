@@ -60,18 +60,23 @@ class DepthReader(Protocol):
     def close(self) -> None: ...
 
 
-def _rate(payload: Mapping[str, Any], key: str) -> float | None:
+def _rate(payload: Mapping[str, Any], key: str) -> float:
+    # NOTE: RabbitMQ omits message_stats until the queue has seen traffic; KEDA's scaler decodes
+    # into a struct, so a missing rate is 0 (idle), as here. The rate is RabbitMQ's own: the
+    # change between its last two statistics samples (collect_statistics_interval, 5 s).
     details = (payload.get("message_stats") or {}).get(f"{key}_details")
-    if not isinstance(details, Mapping) or "rate" not in details:
-        return None
-    return float(details["rate"])
+    if not isinstance(details, Mapping):
+        return 0.0
+    return float(details.get("rate") or 0.0)
 
 
 def parse_management_queue(payload: Mapping[str, Any]) -> QueueDepth:
     """A GET /api/queues/{vhost}/{name} response as a QueueDepth.
 
     NOTE: right after a queue is declared the management API answers without `messages`
-    (statistics are collected every 5 s); that is "unknown", not zero.
+    (statistics are collected every 5 s); that is "unknown" (QueueDepthError: the trigger's
+    metric is unavailable and the rule changes nothing), not zero. KEDA's scaler would decode
+    the missing field as 0 and could count a fresh queue as idle; the twin refuses to guess.
     """
     if "messages" not in payload:
         raise QueueDepthError(f"queue {payload.get('name')!r}: no statistics collected yet")
@@ -99,10 +104,19 @@ def management_url_from_amqp(amqp_url: str, port: int = DEFAULT_MANAGEMENT_PORT)
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", "", ""))
 
 
+def _split_vhost(url: str) -> tuple[str, str]:
+    """(path prefix, vhost) as KEDA's getVhostAndPathFromURL splits a URL's raw path."""
+    prefix, _, last = urllib.parse.urlsplit(url).path.rpartition("/")
+    return prefix, urllib.parse.unquote(last) or "/"
+
+
 def vhost_of(url: str) -> str:
-    """The vhost of an AMQP or management URL ('/' for an empty path, as KEDA does)."""
-    path = urllib.parse.urlsplit(url).path
-    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
+    """The vhost of an AMQP or management URL: its LAST path segment, url-decoded ('/' if empty).
+
+    KEDA (rabbitmq_scaler.go getVhostAndPathFromURL) takes the last segment and keeps what
+    precedes it as the API's path prefix (a management UI served under /rabbitmq, say).
+    """
+    return _split_vhost(url)[1]
 
 
 class ManagementApiReader:
@@ -112,13 +126,20 @@ class ManagementApiReader:
         self, management_url: str, queue: str, *, vhost: str | None = None, timeout_s: float = 3.0
     ) -> None:
         parts = urllib.parse.urlsplit(management_url)
+        prefix, url_vhost = _split_vhost(management_url)
         self._base = urllib.parse.urlunsplit(
-            (parts.scheme, f"{parts.hostname}:{parts.port or DEFAULT_MANAGEMENT_PORT}", "", "", "")
+            (
+                parts.scheme,
+                f"{parts.hostname}:{parts.port or DEFAULT_MANAGEMENT_PORT}",
+                prefix,
+                "",
+                "",
+            )
         )
         user = urllib.parse.unquote(parts.username or "guest")
         password = urllib.parse.unquote(parts.password or "guest")
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.vhost = vhost if vhost is not None else vhost_of(management_url)
+        self.vhost = vhost if vhost is not None else url_vhost
         self.queue = queue
         self.timeout_s = timeout_s
 

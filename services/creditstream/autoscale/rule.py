@@ -1,22 +1,25 @@
-"""The KEDA + HPA scaling rule for the RabbitMQ QueueLength trigger, as pure code.
+"""The KEDA + HPA scaling rule for the RabbitMQ triggers (QueueLength, MessageRate), as pure code.
 
 Two loops act on one replica count, exactly as in a cluster:
 
-* KEDA's poll (every `pollingInterval`) owns 0 <-> 1: the trigger is active while the queue
-  holds more than `activationValue`; activation sets max(1, minReplicaCount); scale to zero
-  happens only `cooldownPeriod` after the last active poll (or, never active, after
-  `initialCooldownPeriod` since creation).
-* The HPA sync (every 15 s, `--horizontal-pod-autoscaler-sync-period`) owns 1 <-> N:
-  desired = ceil(messages / value), no change within the 10 % tolerance, the scale-down
-  stabilization window (highest recommendation of the window), the scale-up/down rate
-  policies, clamped to [max(1, minReplicaCount), maxReplicaCount]. The HPA does nothing while
-  the target has 0 replicas.
+* KEDA's poll (every `pollingInterval`) owns 0 <-> 1: each trigger's scaler returns a metric and
+  an activity (or an error); the ScaledObject is active while any trigger is; activation sets
+  max(1, minReplicaCount) from 0; scale to zero happens only `cooldownPeriod` after the last
+  active poll (or, never active, after `initialCooldownPeriod` since creation); a scaler error
+  with nothing active changes nothing ("metric unavailable").
+* The HPA sync (every 15 s, `--horizontal-pod-autoscaler-sync-period`) owns 1 <-> N: out-of-range
+  counts are set to the bound directly; otherwise one proposal per trigger (ceil(metric / value)
+  outside the tolerance band), the largest wins, then the stabilization windows and the rate
+  policies of `behavior`, clamped to [max(1, minReplicaCount), maxReplicaCount]. The HPA does
+  nothing while the target has 0 replicas.
 
-Sources: keda-docs `reference/scaledobject-spec.md`, `scalers/rabbitmq-queue.md`, KEDA
-`pkg/scaling/executor/scale_scaledobjects.go`; Kubernetes `pkg/controller/podautoscaler/
-horizontal.go` (stabilizeRecommendationWithBehaviors, convertDesiredReplicasWithBehaviorRate)
-and `replica_calculator.go` (GetExternalPerPodMetricReplicas). No I/O here: the caller passes
-the clock, the metric and the current replica count.
+Sources: KEDA `pkg/scaling/executor/scale_scaledobjects.go` (RequestScale, scaleToZeroOrIdle,
+scaleFromZeroOrIdle), `pkg/scalers/rabbitmq_scaler.go` (GetMetricsAndActivity); Kubernetes
+`pkg/controller/podautoscaler/horizontal.go` (reconcileAutoscaler, computeReplicasForMetrics,
+recordInitialRecommendation, stabilizeRecommendationWithBehaviors,
+convertDesiredReplicasWithBehaviorRate) and `replica_calculator.go` (Tolerances.isWithin,
+GetExternalPerPodMetricReplicas). No I/O here: the caller passes the clock, the queue sample and
+the current replica count.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from typing import Any, Literal
 
 PolicyKind = Literal["Pods", "Percent"]
 SelectPolicy = Literal["Max", "Min", "Disabled"]
+TriggerMode = Literal["QueueLength", "MessageRate"]
+
+QUEUE_LENGTH: TriggerMode = "QueueLength"
+MESSAGE_RATE: TriggerMode = "MessageRate"
 
 DEFAULT_HPA_SYNC_PERIOD_S = 15.0
 DEFAULT_TOLERANCE = 0.1
@@ -51,6 +58,8 @@ class ScalingRules:
     stabilization_window_s: float
     select_policy: SelectPolicy
     policies: tuple[ScalingPolicy, ...]
+    # NOTE: KEP-4951 `tolerance`; None = the controller's --horizontal-pod-autoscaler-tolerance.
+    tolerance: float | None = None
 
 
 # NOTE: Kubernetes defaults when `behavior` leaves a direction (or a field of it) unset.
@@ -77,10 +86,79 @@ def scaling_rules_from_spec(spec: Mapping[str, Any] | None, default: ScalingRule
             for p in spec["policies"]
         )
     window = spec.get("stabilizationWindowSeconds")
+    tolerance = spec.get("tolerance")
     return ScalingRules(
         stabilization_window_s=default.stabilization_window_s if window is None else float(window),
         select_policy=spec.get("selectPolicy") or default.select_policy,
         policies=policies,
+        tolerance=default.tolerance if tolerance is None else float(tolerance),
+    )
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """replica_calculator.go `Tolerances`: no change while 1 - down <= usageRatio <= 1 + up."""
+
+    scale_down: float = DEFAULT_TOLERANCE
+    scale_up: float = DEFAULT_TOLERANCE
+
+    def is_within(self, usage_ratio: float) -> bool:
+        """`Tolerances.isWithin`: both ends of the band are inside."""
+        return 1.0 - self.scale_down <= usage_ratio <= 1.0 + self.scale_up
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """One rabbitmq trigger of the ScaledObject: its mode, `value` and `activationValue`."""
+
+    mode: TriggerMode
+    value: float
+    activation_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.value <= 0:
+            raise ValueError(f"{self.mode} trigger value must be > 0: {self.value}")
+
+
+@dataclass(frozen=True)
+class QueueSample:
+    """The queue as the rabbitmq scaler reads it; None where it could not be read (an error).
+
+    `messages` is the management API's `messages` (ready + unacked; ready only over amqp),
+    `publish_rate` its `message_stats.publish_details.rate` (messages/s; amqp has none).
+    """
+
+    messages: float | None
+    publish_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class ScalerResult:
+    """What one trigger's scaler returned (GetMetricsAndActivity): metric and activity, or error."""
+
+    mode: TriggerMode
+    metric: float | None  # None: the scaler returned an error
+    active: bool
+
+    @property
+    def error(self) -> bool:
+        """The scaler could not read its metric."""
+        return self.metric is None
+
+
+def scaler_result(trigger: TriggerSpec, sample: QueueSample) -> ScalerResult:
+    """rabbitmq_scaler.go GetMetricsAndActivity for QueueLength and MessageRate."""
+    activation = trigger.activation_value
+    if trigger.mode == QUEUE_LENGTH:
+        if sample.messages is None:
+            return ScalerResult(trigger.mode, None, False)
+        return ScalerResult(trigger.mode, sample.messages, sample.messages > activation)
+    if sample.publish_rate is None:
+        return ScalerResult(trigger.mode, None, False)
+    # NOTE: MessageRate is active on publishes OR on messages left in the queue (same threshold).
+    backlog = sample.messages is not None and sample.messages > activation
+    return ScalerResult(
+        trigger.mode, sample.publish_rate, sample.publish_rate > activation or backlog
     )
 
 
@@ -99,17 +177,42 @@ class AutoscalingConfig:
     protocol: str = "auto"
     scale_up: ScalingRules = DEFAULT_SCALE_UP
     scale_down: ScalingRules = DEFAULT_SCALE_DOWN
-    tolerance: float = DEFAULT_TOLERANCE
+    tolerance: float = DEFAULT_TOLERANCE  # --horizontal-pod-autoscaler-tolerance
     hpa_sync_period_s: float = DEFAULT_HPA_SYNC_PERIOD_S
+    # NOTE: the MessageRate trigger beside QueueLength; None renders QueueLength alone.
+    message_rate: float | None = None
+    activation_message_rate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.value <= 0:
             raise ValueError(f"autoscaling.queueLength (trigger value) must be > 0: {self.value}")
+        if self.message_rate is not None and self.message_rate <= 0:
+            raise ValueError(f"autoscaling.messageRate must be > 0: {self.message_rate}")
         if self.max_replica_count < max(1, self.min_replica_count):
             raise ValueError(
                 f"maxReplicaCount {self.max_replica_count} < max(1, minReplicaCount "
                 f"{self.min_replica_count})"
             )
+
+    @property
+    def triggers(self) -> tuple[TriggerSpec, ...]:
+        """The ScaledObject's triggers, in the chart's order."""
+        queue_length = TriggerSpec(QUEUE_LENGTH, self.value, self.activation_value)
+        if self.message_rate is None:
+            return (queue_length,)
+        return (
+            queue_length,
+            TriggerSpec(MESSAGE_RATE, self.message_rate, self.activation_message_rate),
+        )
+
+    @property
+    def tolerances(self) -> Tolerances:
+        """Per-direction tolerances: behavior.scaleDown/scaleUp.tolerance or the cluster default."""
+        down, up = self.scale_down.tolerance, self.scale_up.tolerance
+        return Tolerances(
+            scale_down=self.tolerance if down is None else down,
+            scale_up=self.tolerance if up is None else up,
+        )
 
     @property
     def hpa_min_replicas(self) -> int:
@@ -128,6 +231,10 @@ class AutoscalingConfig:
             queue_name=str(consumer.get("queueName", "creditstream.requests")),
             value=float(scaling["queueLength"]),
             activation_value=float(scaling.get("activationQueueLength", 0)),
+            message_rate=(
+                float(scaling["messageRate"]) if scaling.get("messageRate") is not None else None
+            ),
+            activation_message_rate=float(scaling.get("activationMessageRate", 0)),
             min_replica_count=int(scaling.get("minReplicaCount", 0)),
             max_replica_count=int(scaling.get("maxReplicaCount", 100)),
             polling_interval_s=float(scaling.get("pollingInterval", 30)),
@@ -142,13 +249,17 @@ class AutoscalingConfig:
     def describe(self) -> list[str]:
         """Human-readable lines of every parameter (printed by the demo)."""
         return [
-            f"queue={self.queue_name} value={self.value:g}"
-            f" activationValue={self.activation_value:g} protocol={self.protocol}",
+            f"queue={self.queue_name} protocol={self.protocol}; "
+            + "; ".join(
+                f"{t.mode} value={t.value:g} activationValue={t.activation_value:g}"
+                for t in self.triggers
+            ),
             f"replicas=[{self.min_replica_count}, {self.max_replica_count}]"
             f" pollingInterval={self.polling_interval_s:g}s"
             f" cooldownPeriod={self.cooldown_period_s:g}s"
             f" initialCooldownPeriod={self.initial_cooldown_period_s:g}s",
-            f"HPA sync={self.hpa_sync_period_s:g}s tolerance={self.tolerance:g}"
+            f"HPA sync={self.hpa_sync_period_s:g}s tolerance down={self.tolerances.scale_down:g}"
+            f" up={self.tolerances.scale_up:g}"
             f" scaleUp.window={self.scale_up.stabilization_window_s:g}s"
             f" scaleDown.window={self.scale_down.stabilization_window_s:g}s",
         ]
@@ -201,14 +312,28 @@ def flatten_values(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     return lines
 
 
-def hpa_metric_replicas(metric: float, value: float, current: int, tolerance: float) -> int:
-    """HPA's AverageValue rule for an external metric: ceil(metric/value) outside the tolerance."""
+def _milli(value: float) -> int:
+    # NOTE: KEDA reports metrics and targets as milli-quantities (GenerateMetricInMili).
+    return int(value * 1000)
+
+
+def hpa_metric_replicas(
+    metric: float, value: float, current: int, tolerances: Tolerances | float = DEFAULT_TOLERANCE
+) -> int:
+    """GetExternalPerPodMetricReplicas: ceil(metric / value) unless usageRatio is in the band."""
+    if not isinstance(tolerances, Tolerances):
+        tolerances = Tolerances(tolerances, tolerances)
+    usage, target = _milli(metric), _milli(value)
     if current <= 0:
-        return math.ceil(metric / value)
-    usage_ratio = metric / (value * current)
-    if abs(1.0 - usage_ratio) <= tolerance:
+        return math.ceil(usage / target)
+    if tolerances.is_within(usage / (target * current)):
         return current
-    return math.ceil(metric / value)
+    return math.ceil(usage / target)
+
+
+def as_sample(sample: QueueSample | float) -> QueueSample:
+    """A bare number is a QueueLength reading (messages) with no publish rate."""
+    return sample if isinstance(sample, QueueSample) else QueueSample(messages=float(sample))
 
 
 @dataclass(frozen=True)
@@ -217,11 +342,17 @@ class Decision:
 
     at: float
     loop: Literal["keda", "hpa"]
-    metric: float
+    sample: QueueSample
     active: bool
     current: int
     desired: int
     reason: str
+    results: tuple[ScalerResult, ...] = ()
+
+    @property
+    def metric(self) -> float | None:
+        """The QueueLength metric (messages) this decision saw."""
+        return self.sample.messages
 
 
 @dataclass
@@ -232,7 +363,7 @@ class _Event:
 
 @dataclass
 class KedaHpaAutoscaler:
-    """Stateful KEDA poll + HPA sync over one scale target; the caller supplies time and metric."""
+    """Stateful KEDA poll + HPA sync over one scale target; the caller supplies time and sample."""
 
     config: AutoscalingConfig
     created_at: float
@@ -242,70 +373,116 @@ class KedaHpaAutoscaler:
     _down_events: list[_Event] = field(default_factory=list)
     _next_poll_at: float | None = None
     _next_sync_at: float | None = None
+    _synced: bool = False
 
-    def is_active(self, metric: float) -> bool:
-        """KEDA RabbitMQ scaler: active while messages > activationValue."""
-        return metric > self.config.activation_value
+    def scaler_results(self, sample: QueueSample | float) -> tuple[ScalerResult, ...]:
+        """Every trigger's metric and activity for this sample."""
+        queue = as_sample(sample)
+        return tuple(scaler_result(trigger, queue) for trigger in self.config.triggers)
 
-    def keda_poll(self, now: float, metric: float, current: int) -> Decision:
-        """One KEDA poll: activation from zero, or scale to zero after the cooldown."""
+    def is_active(self, sample: QueueSample | float) -> bool:
+        """The ScaledObject is active while any trigger is."""
+        return any(result.active for result in self.scaler_results(sample))
+
+    def keda_poll(self, now: float, sample: QueueSample | float, current: int) -> Decision:
+        """One KEDA poll (RequestScale): activation from zero, or scale to zero after cooldown."""
         cfg = self.config
-        active = self.is_active(metric)
+        queue = as_sample(sample)
+        results = self.scaler_results(queue)
+        active = any(r.active for r in results)
+        error = any(r.error for r in results)
+
+        def decide(desired: int, reason: str) -> Decision:
+            return Decision(now, "keda", queue, active, current, desired, reason, results)
+
         if active:
+            if current == 0:
+                self.last_active_at = now
+                return decide(max(1, cfg.min_replica_count), "activated")
+            if error:
+                # NOTE: "PartialTriggerError": LastActiveTime is NOT refreshed.
+                return decide(current, "partial trigger error")
             self.last_active_at = now
-            if current < cfg.hpa_min_replicas:
-                return Decision(
-                    now, "keda", metric, True, current, cfg.hpa_min_replicas, "activated"
-                )
-            return Decision(now, "keda", metric, True, current, current, "active")
+            return decide(current, "active")
+        if error:
+            return decide(current, "metric unavailable")
         if current > 0 and cfg.min_replica_count == 0:
             if self.last_active_at is None:
                 cooled = now > self.created_at + cfg.initial_cooldown_period_s
             else:
                 cooled = now > self.last_active_at + cfg.cooldown_period_s
             if cooled:
-                return Decision(now, "keda", metric, False, current, 0, "deactivated")
-            return Decision(now, "keda", metric, False, current, current, "cooling down")
+                return decide(0, "deactivated")
+            return decide(current, "cooling down")
         if current < cfg.min_replica_count:
-            return Decision(
-                now, "keda", metric, False, current, cfg.min_replica_count, "below minReplicaCount"
-            )
-        return Decision(now, "keda", metric, False, current, current, "inactive")
+            return decide(cfg.min_replica_count, "below minReplicaCount")
+        return decide(current, "inactive")
 
-    def hpa_sync(self, now: float, metric: float, current: int) -> Decision:
-        """One HPA reconcile: metric rule, stabilization, rate limits, bounds."""
+    def hpa_sync(self, now: float, sample: QueueSample | float, current: int) -> Decision:
+        """One HPA reconcile (reconcileAutoscaler): bounds, metrics, stabilization, rate limits."""
         cfg = self.config
-        active = self.is_active(metric)
+        queue = as_sample(sample)
+        results = self.scaler_results(queue)
+        active = any(r.active for r in results)
+
+        def decide(desired: int, reason: str) -> Decision:
+            if desired > current:
+                self._up_events.append(_Event(now, desired - current))
+            elif desired < current:
+                self._down_events.append(_Event(now, current - desired))
+            self._forget(now)
+            return Decision(now, "hpa", queue, active, current, desired, reason, results)
+
         if current == 0:
-            return Decision(now, "hpa", metric, active, 0, 0, "scaling disabled at 0 replicas")
-        proposal = hpa_metric_replicas(metric, cfg.value, current, cfg.tolerance)
-        proposal = min(max(proposal, cfg.hpa_min_replicas), cfg.max_replica_count)
+            return decide(0, "scaling disabled at 0 replicas")
+        if not self._synced:
+            # recordInitialRecommendation: the count found is the first recommendation.
+            self._recommendations.append(_Event(now, current))
+            self._synced = True
+        if current > cfg.max_replica_count:
+            return decide(cfg.max_replica_count, "above maxReplicaCount")
+        if current < cfg.hpa_min_replicas:
+            return decide(cfg.hpa_min_replicas, "below minReplicaCount")
+        proposal = self._metric_proposal(results, current)
+        if proposal is None:
+            return decide(current, "metric unavailable")
         stabilized = self._stabilize(now, proposal, current)
         desired, reason = self._rate_limit(now, stabilized, current)
-        desired = min(max(desired, cfg.hpa_min_replicas), cfg.max_replica_count)
-        if desired > current:
-            self._up_events.append(_Event(now, desired - current))
-        elif desired < current:
-            self._down_events.append(_Event(now, current - desired))
-        self._forget(now)
         if desired == current and reason == "":
             reason = "within tolerance" if proposal == current else "stabilized"
-        return Decision(now, "hpa", metric, active, current, desired, reason or "metric")
+        return decide(desired, reason or "metric")
 
-    def step(self, now: float, metric: float, current: int) -> tuple[int, list[Decision]]:
+    def step(
+        self, now: float, sample: QueueSample | float, current: int
+    ) -> tuple[int, list[Decision]]:
         """Run the loops due at `now`; return the replica count to apply and the decisions."""
         decisions: list[Decision] = []
         if self._next_poll_at is None or now >= self._next_poll_at:
-            decision = self.keda_poll(now, metric, current)
+            decision = self.keda_poll(now, sample, current)
             decisions.append(decision)
             current = decision.desired
             self._next_poll_at = now + self.config.polling_interval_s
         if self._next_sync_at is None or now >= self._next_sync_at:
-            decision = self.hpa_sync(now, metric, current)
+            decision = self.hpa_sync(now, sample, current)
             decisions.append(decision)
             current = decision.desired
             self._next_sync_at = now + self.config.hpa_sync_period_s
         return current, decisions
+
+    def _metric_proposal(self, results: tuple[ScalerResult, ...], current: int) -> int | None:
+        """computeReplicasForMetrics: the largest proposal; None when the HPA must not act."""
+        specs = {trigger.mode: trigger for trigger in self.config.triggers}
+        proposals = [
+            hpa_metric_replicas(r.metric, specs[r.mode].value, current, self.config.tolerances)
+            for r in results
+            if r.metric is not None
+        ]
+        invalid = len(results) - len(proposals)
+        replicas = max(proposals, default=0)
+        # NOTE: all metrics invalid, or some invalid and the valid ones would scale down.
+        if not proposals or (invalid and replicas < current):
+            return None
+        return replicas
 
     # --- HPA internals (horizontal.go) ---------------------------------------------------------
 
@@ -326,14 +503,22 @@ class KedaHpaAutoscaler:
         return recommendation
 
     def _rate_limit(self, now: float, desired: int, current: int) -> tuple[int, str]:
+        """convertDesiredReplicasWithBehaviorRate: rate policies, then [min, max]."""
+        cfg = self.config
         if desired > current:
             limit = max(self._scale_up_limit(now, current), current)
-            if desired > limit:
+            if cfg.max_replica_count <= limit:
+                if desired > cfg.max_replica_count:
+                    return cfg.max_replica_count, "maxReplicaCount"
+            elif desired > limit:
                 return limit, "scale-up rate limit"
             return desired, "scale up"
         if desired < current:
             limit = min(self._scale_down_limit(now, current), current)
-            if desired < limit:
+            if cfg.hpa_min_replicas >= limit:
+                if desired < cfg.hpa_min_replicas:
+                    return cfg.hpa_min_replicas, "minReplicaCount"
+            elif desired < limit:
                 return limit, "scale-down rate limit"
             return desired, "scale down"
         return desired, ""

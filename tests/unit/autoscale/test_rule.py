@@ -48,12 +48,12 @@ def make_config(**changes: object) -> AutoscalingConfig:
     ],
 )
 def test_hpa_metric_replicas(metric: float, value: float, current: int, expected: int) -> None:
-    assert hpa_metric_replicas(metric, value, current, tolerance=0.1) == expected
+    assert hpa_metric_replicas(metric, value, current, 0.1) == expected
 
 
 def test_documented_example_20_messages_value_5_gives_4_replicas() -> None:
     scaler = KedaHpaAutoscaler(make_config(value=5), created_at=0)
-    replicas, decisions = scaler.step(0, metric=20, current=0)
+    replicas, decisions = scaler.step(0, 20, current=0)
     assert [d.loop for d in decisions] == ["keda", "hpa"]
     assert decisions[0].desired == 1 and decisions[0].reason == "activated"
     assert replicas == 4
