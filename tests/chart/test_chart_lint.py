@@ -96,6 +96,17 @@ REJECTED = [
     ),
     pytest.param(("producer.source=pvc",), "needs producer.pvc.claimName", id="pvc-without-claim"),
     pytest.param(("autoscaling.protocol=https",), "protocol", id="schema-protocol-enum"),
+    pytest.param(
+        ("autoscaling.protocol=amqp",),
+        "MessageRate reads the management API",
+        id="message-rate-over-amqp",
+    ),
+    pytest.param(("autoscaling.messageRate=0",), "messageRate", id="schema-message-rate-positive"),
+    pytest.param(
+        ("autoscaling.activationMessageRate=-1",),
+        "activationMessageRate",
+        id="schema-activation-message-rate",
+    ),
     pytest.param(("consumer.queueName=",), "queueName", id="schema-empty-queue-name"),
     pytest.param(("rabbitmq.auth.secretKeys.amqpUrl=",), "amqpUrl", id="schema-empty-secret-key"),
     pytest.param(("consumer.unknownKnob=1",), "unknownKnob", id="schema-unknown-key"),
@@ -125,6 +136,8 @@ def test_values_contract_shared_with_the_local_autoscaler() -> None:
         "initialCooldownPeriod",
         "queueLength",
         "activationQueueLength",
+        "messageRate",
+        "activationMessageRate",
         "protocol",
         "behavior",
     }

@@ -298,11 +298,27 @@ def test_scaledobject_carries_the_values_contract(rendered_docs: dict[str, Docs]
     ):
         assert spec[key] == values[key], key
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == values["behavior"]
-    (trigger,) = spec["triggers"]
-    assert trigger["metadata"]["mode"] == "QueueLength"
-    assert trigger["metadata"]["protocol"] == "http"
-    assert float(trigger["metadata"]["value"]) == values["queueLength"]
-    assert float(trigger["metadata"]["activationValue"]) == values["activationQueueLength"]
+    # Backlog and steady traffic: the HPA takes the larger of the two proposals.
+    queue_length, message_rate = spec["triggers"]
+    assert queue_length["metadata"]["mode"] == "QueueLength"
+    assert float(queue_length["metadata"]["value"]) == values["queueLength"]
+    assert float(queue_length["metadata"]["activationValue"]) == values["activationQueueLength"]
+    assert message_rate["metadata"]["mode"] == "MessageRate"
+    assert float(message_rate["metadata"]["value"]) == values["messageRate"]
+    assert float(message_rate["metadata"]["activationValue"]) == values["activationMessageRate"]
+    for trigger in (queue_length, message_rate):
+        assert trigger["type"] == "rabbitmq"
+        assert trigger["metadata"]["protocol"] == "http"  # MessageRate needs the management API
+        assert (
+            trigger["metadata"]["queueName"] == effective_values(CASES[0])["consumer"]["queueName"]
+        )
+        assert trigger["authenticationRef"] == queue_length["authenticationRef"]
+
+
+def test_message_rate_trigger_can_be_left_out(helm_binaries: dict[str, Path]) -> None:
+    out = helm_template(helm_binaries["3"], sets=("autoscaling.messageRate=null",)).stdout
+    (scaled,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "ScaledObject"]
+    assert [t["metadata"]["mode"] for t in scaled["spec"]["triggers"]] == ["QueueLength"]
 
 
 def test_security_defaults_on_every_pod(rendered_docs: dict[str, Docs]) -> None:

@@ -15,7 +15,7 @@ import pytest
 from creditstream.autoscale.queue_depth import PassiveDeclareReader, depth_reader_for
 from creditstream.autoscale.rule import DEFAULT_SCALE_DOWN, AutoscalingConfig, KedaHpaAutoscaler
 from creditstream.harness import isolated_run
-from creditstream.harness.keda import QUEUE_LENGTH, LocalKeda, QueueLengthTrigger
+from creditstream.harness.keda import QUEUE_LENGTH, LocalKeda, QueueTrigger
 from creditstream.harness.results import ResultsReader
 from creditstream.harness.supervisor import Supervisor
 from creditstream.settings import Settings
@@ -68,12 +68,12 @@ def test_backlog_scales_to_expected_replicas_drains_and_returns_to_zero(
     )
     expected_peak = min(config.max_replica_count, math.ceil(backlog / config.value))
     publish_backlog(settings, backlog, f"scale-{uuid.uuid4().hex[:6]}")
-    trigger = QueueLengthTrigger(depth_reader_for(settings, settings.requests_queue))
+    trigger = QueueTrigger(depth_reader_for(settings, settings.requests_queue))
     results = ResultsReader(settings)
     history: list[tuple[float, float | None, int, int]] = []
     t0 = time.monotonic()
     with Supervisor(settings, tmp_path / "consumers", stop_timeout_s=30) as supervisor:
-        keda = LocalKeda(KedaHpaAutoscaler(config, created_at=0), supervisor, [trigger])
+        keda = LocalKeda(KedaHpaAutoscaler(config, created_at=0), supervisor, trigger)
         while True:
             tick = keda.tick(time.monotonic() - t0)
             history.append((tick.at, tick.metrics[QUEUE_LENGTH], tick.desired, supervisor.running))

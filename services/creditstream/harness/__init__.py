@@ -18,7 +18,7 @@ from creditstream.harness.isolation import (
     postgres_schema,
     unique_tag,
 )
-from creditstream.harness.keda import KedaTick, LocalKeda, QueueLengthTrigger, Trigger
+from creditstream.harness.keda import KedaTick, LocalKeda, QueueTrigger
 from creditstream.harness.metrics import Histogram, HistogramAggregator, Metrics, scrape
 from creditstream.harness.processes import (
     Process,
@@ -39,13 +39,12 @@ __all__ = [
     "Metrics",
     "Process",
     "ProcessGroup",
-    "QueueLengthTrigger",
+    "QueueTrigger",
     "ResultsReader",
     "StoreSummary",
     "StoredPrediction",
     "Supervisor",
     "SupervisorEvent",
-    "Trigger",
     "broker_vhost",
     "cli_command",
     "free_port",

@@ -1,63 +1,54 @@
-"""KEDA on this machine: trigger metrics -> the KEDA + HPA rule -> the consumer supervisor.
+"""KEDA on this machine: the queue's reading -> the KEDA + HPA rule -> the consumer supervisor.
 
-`LocalKeda.tick()` is one pass of what the cluster does with a ScaledObject: read every
-trigger's metric, let the rule (KEDA's poll and the HPA's sync, autoscale/rule.py) decide the
-replica count, and have the supervisor converge the consumer processes to it.
+`LocalKeda.tick()` is one pass of what the cluster does with the chart's ScaledObject: read the
+queue the way its rabbitmq triggers do (QueueLength: `messages`; MessageRate: the publish rate
+`message_stats.publish_details.rate`), let the rule (KEDA's poll and the HPA's sync,
+autoscale/rule.py) compute every trigger's metric and activity and decide the replica count,
+and have the supervisor converge the consumer processes to it.
 
-NOTE: a ScaledObject may carry several triggers; the HPA then computes a replica count per
-metric and takes the largest, and KEDA is active while any trigger is. `triggers` is a list
-for that reason, but the rule takes one metric today, so LocalKeda accepts exactly one trigger;
-a second one (e.g. MessageRate) needs the rule to take a metric per trigger first.
+NOTE: both triggers watch the same queue, so one management API reading a tick serves both; in
+a cluster each scaler makes its own request to the same endpoint. A reading that fails leaves
+every trigger in error: the rule then changes nothing ("metric unavailable"), as KEDA does.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Protocol
 
 from creditstream.autoscale.queue_depth import DepthReader, QueueDepth, QueueDepthError
-from creditstream.autoscale.rule import Decision, KedaHpaAutoscaler
+from creditstream.autoscale.rule import (
+    MESSAGE_RATE,
+    QUEUE_LENGTH,
+    Decision,
+    KedaHpaAutoscaler,
+    QueueSample,
+)
 from creditstream.harness.supervisor import Supervisor, SupervisorEvent
 
 log = logging.getLogger(__name__)
 
-QUEUE_LENGTH: Final = "QueueLength"
+__all__ = ["MESSAGE_RATE", "QUEUE_LENGTH", "KedaTick", "LocalKeda", "QueueTrigger"]
 
 
-class Trigger(Protocol):
-    """One ScaledObject trigger: a name (its KEDA mode) and its metric now."""
-
-    name: str
-
-    def read(self) -> float | None:
-        """The metric value now; None when it cannot be read (the rule then waits)."""
-        ...
-
-    def close(self) -> None:
-        """Release connections."""
-        ...
-
-
-class QueueLengthTrigger:
-    """The rabbitmq trigger in QueueLength mode: the depth reader's `messages`."""
-
-    name = QUEUE_LENGTH
+class QueueTrigger:
+    """The rabbitmq triggers' view of one queue: `messages` and the publish rate, or an error."""
 
     def __init__(self, reader: DepthReader) -> None:
         self.reader = reader
         self.last: QueueDepth | None = None
 
-    def read(self) -> float | None:
-        """Ready + unacked (management API) or ready (AMQP), as the reader's source allows."""
+    def read(self) -> QueueSample:
+        """One reading; fields that cannot be read are None (the rule treats them as errors)."""
         try:
             self.last = self.reader.read()
         except QueueDepthError as exc:
             log.warning("queue depth unavailable: %s", exc)
             self.last = None
-            return None
-        return float(self.last.messages)
+            return QueueSample(messages=None, publish_rate=None)
+        # NOTE: over amqp (passive declare) there is no publish rate: MessageRate needs http.
+        return QueueSample(messages=float(self.last.messages), publish_rate=self.last.publish_rate)
 
     def close(self) -> None:
         """Close the reader."""
@@ -69,39 +60,36 @@ class KedaTick:
     """What one tick read, decided and did."""
 
     at: float
-    metrics: Mapping[str, float | None]
+    sample: QueueSample
     desired: int
     decisions: tuple[Decision, ...]
     events: tuple[SupervisorEvent, ...]
 
+    @property
+    def metrics(self) -> Mapping[str, float | None]:
+        """Each trigger's metric as its scaler reports it (None: unavailable)."""
+        return {QUEUE_LENGTH: self.sample.messages, MESSAGE_RATE: self.sample.publish_rate}
+
 
 class LocalKeda:
-    """Trigger metric -> KEDA + HPA rule -> supervisor, one `tick()` at a time."""
+    """Queue reading -> KEDA + HPA rule -> supervisor, one `tick()` at a time."""
 
-    def __init__(
-        self, rule: KedaHpaAutoscaler, supervisor: Supervisor, triggers: Sequence[Trigger]
-    ) -> None:
-        if len(triggers) != 1:
-            raise ValueError("the scaling rule takes one metric: give exactly one trigger")
+    def __init__(self, rule: KedaHpaAutoscaler, supervisor: Supervisor, trigger: QueueTrigger):
         self.rule = rule
         self.supervisor = supervisor
-        self.triggers = tuple(triggers)
+        self.trigger = trigger
         self.desired = 0
 
     def tick(self, now: float) -> KedaTick:
-        """Read the triggers, step the rule at `now` (seconds), scale the supervisor."""
-        metrics = {trigger.name: trigger.read() for trigger in self.triggers}
-        decisions: list[Decision] = []
-        metric = metrics[self.triggers[0].name]
-        if metric is not None:
-            self.desired, decisions = self.rule.step(now, metric, self.desired)
+        """Read the queue, step the rule at `now` (seconds), scale the supervisor."""
+        sample = self.trigger.read()
+        self.desired, decisions = self.rule.step(now, sample, self.desired)
         seen = len(self.supervisor.events)
         self.supervisor.scale_to(self.desired)
         return KedaTick(
-            now, metrics, self.desired, tuple(decisions), tuple(self.supervisor.events[seen:])
+            now, sample, self.desired, tuple(decisions), tuple(self.supervisor.events[seen:])
         )
 
     def close(self) -> None:
-        """Close the triggers' connections."""
-        for trigger in self.triggers:
-            trigger.close()
+        """Close the trigger's reader."""
+        self.trigger.close()
