@@ -1,7 +1,8 @@
 """The timeline of a scaling run: one CSV format and one PNG plot for the demo and for observe.
 
 A row is one sample: queue depth (and where it was read), desired and running replicas,
-throughput, latency, dead-lettered records, a free-form phase label and the live ready count.
+throughput, latency, dead-lettered records, a free-form phase label, the live ready count and
+the publish rate the MessageRate trigger reads.
 Empty cells mean "not measured" (e.g. latency from a cluster), never zero.
 
 Two depths, on purpose: `queue_depth` is the trigger metric KEDA reads (over `http` the
@@ -40,6 +41,7 @@ class TimelineRow:
     scored_total: int | None = None
     phase: str = ""
     ready_live: int | None = None
+    publish_rate: float | None = None
 
 
 TIMELINE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TimelineRow))
@@ -51,7 +53,7 @@ _INT_FIELDS = {
     "scored_total",
     "ready_live",
 }
-_FLOAT_FIELDS = {"t_s", "records_per_s", "p50_ms", "p99_ms"}
+_FLOAT_FIELDS = {"t_s", "records_per_s", "p50_ms", "p99_ms", "publish_rate"}
 
 
 def _cell(value: Any) -> str:
@@ -231,7 +233,17 @@ def timeline_figure(rows: Sequence[TimelineRow], *, title: str, subtitle: str = 
     ax_rate.plot(
         t, _series(rows, "records_per_s"), color="tab:green", lw=1.2, label="records scored / s"
     )
-    ax_rate.set_ylabel("records scored / s")
+    if any(r.publish_rate is not None for r in rows):
+        ax_rate.step(
+            t,
+            _series(rows, "publish_rate"),
+            where="post",
+            color="tab:purple",
+            lw=1.2,
+            ls=":",
+            label="publish rate / s, management API (what the MessageRate trigger reads)",
+        )
+    ax_rate.set_ylabel("records / s")
     ax_rate.set_ylim(bottom=0)
     handles = ax_depth.get_legend_handles_labels()[0] + ax_rate.get_legend_handles_labels()[0]
     # NOTE: above the axes, so it never hides a burst whatever the load profile.

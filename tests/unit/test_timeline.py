@@ -62,7 +62,7 @@ def test_csv_round_trip_keeps_unmeasured_cells_empty(tmp_path: Path) -> None:
     text = path.read_text(encoding="utf-8").splitlines()
     assert text[0].split(",") == list(TIMELINE_FIELDS)
     assert text[1].split(",")[5] == ""  # records_per_s not measured: empty, not 0
-    assert text[4].split(",")[-1] == ""  # ready_live not measured
+    assert text[4].split(",")[-2:] == ["", ""]  # ready_live, publish_rate not measured
     assert read_timeline(path) == cycle()
 
 
@@ -80,7 +80,7 @@ def test_new_column_is_appended_so_older_readers_keep_their_positions() -> None:
         "scored_total",
         "phase",
     )
-    assert TIMELINE_FIELDS[11:] == ("ready_live",)
+    assert TIMELINE_FIELDS[11:] == ("ready_live", "publish_rate")
 
 
 def test_csv_without_the_live_ready_column_still_reads(tmp_path: Path) -> None:

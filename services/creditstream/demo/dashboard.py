@@ -56,6 +56,11 @@ def render(sample: DemoSample, recent_events: Sequence[str], header: str) -> Pan
     )
     rate = "-" if row.records_per_s is None else f"{row.records_per_s:,.0f}"
     table.add_row("records/s", rate)
+    published = "-" if row.publish_rate is None else f"{row.publish_rate:,.0f}"
+    table.add_row(
+        "publish rate",
+        f"{published}  [dim](management API publish_details.rate: the MessageRate trigger)[/]",
+    )
     table.add_row("scored", f"{row.scored_total or 0:,} of {sample.produced:,} produced")
     table.add_row(
         "latency",
@@ -77,9 +82,11 @@ def plain_line(sample: DemoSample) -> str:
     depth = "-" if row.queue_depth is None else str(row.queue_depth)
     ready = "-" if row.ready_live is None else str(row.ready_live)
     rate = "-" if row.records_per_s is None else f"{row.records_per_s:.0f}"
+    published = "-" if row.publish_rate is None else f"{row.publish_rate:.0f}"
     return (
         f"t={row.t_s:6.1f}s phase={row.phase:<10} depth={depth:>6} ready={ready:>6} "
         f"desired={row.desired_replicas} running={row.running_replicas} "
-        f"draining={sample.draining} rec/s={rate:>6} scored={row.scored_total}/{sample.produced} "
+        f"draining={sample.draining} rec/s={rate:>6} pub/s={published:>6} "
+        f"scored={row.scored_total}/{sample.produced} "
         f"p50={_ms(row.p50_ms)} p99={_ms(row.p99_ms)} dlq={row.dead_lettered}"
     )

@@ -160,10 +160,14 @@ class LoadDriver:
         self._plan = list(bursts)
         self._next_at = 0.0
 
+    def burst_run_id(self, name: str) -> str:
+        """The producer's --run-id for a burst: its message ids are `<this>-<sequence>`."""
+        return f"{self.run_id}-{name.replace(' ', '')}"
+
     def _start(self, burst: Burst) -> Process:
         tag = burst.name.replace(" ", "")
         args = ["produce", "--limit", str(burst.records), "--no-progress"]
-        args += ["--run-id", f"{self.run_id}-{tag}"]
+        args += ["--run-id", self.burst_run_id(burst.name)]
         args += ["--rate", f"{self.profile.records_per_s:g}"]
         args += ["--synthetic"] if burst.data is None else ["--data", str(burst.data)]
         return self.group.start(args, name=f"producer-{tag}")

@@ -44,10 +44,11 @@ from creditstream.demo.load import (
     describe_load,
     plan_bursts,
 )
-from creditstream.demo.summary import build_summary, write_summary
+from creditstream.demo.publish_tap import PublishTap
+from creditstream.demo.summary import BurstTiming, build_summary, write_summary
 from creditstream.demo.values import CHART_VALUES, DemoValues, load_demo_values
 from creditstream.harness.isolation import isolated_run
-from creditstream.harness.keda import KedaTick, LocalKeda, QueueLengthTrigger
+from creditstream.harness.keda import KedaTick, LocalKeda, QueueTrigger
 from creditstream.harness.metrics import HistogramAggregator
 from creditstream.harness.results import ResultsReader
 from creditstream.harness.supervisor import Supervisor
@@ -255,26 +256,53 @@ class DemoLoop:
         load: LoadDriver,
         run_dir: Path,
     ) -> None:
-        trigger = QueueLengthTrigger(reader)
+        # NOTE: protocol http never falls back to the AMQP count mid-run (KEDA does not): a
+        # failed management API reading is "metric unavailable" and the rule changes nothing.
+        trigger = QueueTrigger(reader.primary if reader.primary is not None else reader.fallback)
         self.supervisor = Supervisor(settings, run_dir / "consumers")
         rule = KedaHpaAutoscaler(values.autoscaling, created_at=0.0)
-        self.keda = LocalKeda(rule, self.supervisor, [trigger])
+        self.keda = LocalKeda(rule, self.supervisor, trigger)
         self.load = load
         self.monitor = Monitor(settings, trigger, reader)
         self.run_log = RunLog(run_dir / "decisions.csv")
         self.timeline = TimelineWriter(run_dir / "timeline.csv")
+        self.tap = PublishTap(settings)
+        self.bursts: dict[str, BurstTiming] = {}
+        self.zero_during_burst: list[float] = []
         self.elapsed_s = 0.0
 
     def tick(self, t: float, now: float) -> DemoSample:
         """One pass; `t`: seconds since the start, `now`: the monotonic clock."""
         phase = self.load.poll(t)
+        if self.load.active is not None and phase not in self.bursts:
+            self.bursts[phase] = BurstTiming(phase, self.load.burst_run_id(phase), time.time())
+        self._note_first_ready()
         tick = self.keda.tick(t)
+        if self.load.active is not None:
+            # The defect of issue 13: scale to zero while records are still being published.
+            self.zero_during_burst += [t for d in tick.decisions if d.desired == 0 < d.current]
         self.run_log.record(tick)
         row = self.monitor.sample(now, tick, self.keda, phase)
         self.timeline.write(row)
         return DemoSample(
             row, self.supervisor.draining, self.load.sending, self.run_log.last_decision
         )
+
+    def _note_first_ready(self) -> None:
+        """When the running burst's first consumer answered /readyz (epoch seconds)."""
+        if self.load.active is None:
+            return
+        burst = self.bursts.get(self.load.active[0].name)
+        if burst is None or burst.first_ready_at is not None:
+            return
+        if any(process.ready() for process in self.supervisor.alive()):
+            burst.first_ready_at = time.time()
+
+    def _wait_until(self, deadline: float) -> None:
+        """Sleep to the next tick; meanwhile watch for the burst's first ready consumer."""
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+            self._note_first_ready()
 
     def settled(self, sample: DemoSample) -> bool:
         """Every burst sent and stored, and the consumers back at zero."""
@@ -291,6 +319,7 @@ class DemoLoop:
         interactive = console.is_terminal if options.dashboard is None else options.dashboard
         live = Live(console=console, refresh_per_second=4, transient=False) if interactive else None
         t0, last_plain = time.monotonic(), -10.0
+        self.tap.start()
         try:
             with _interrupt_on_sigterm(), live or contextlib.nullcontext():
                 while True:
@@ -306,13 +335,14 @@ class DemoLoop:
                     if sample.row.t_s > options.max_duration_s:
                         console.print(f"[red]did not settle within {options.max_duration_s:g} s[/]")
                         return "timed out"
-                    time.sleep(max(0.0, options.tick_s - (time.monotonic() - now)))
+                    self._wait_until(now + options.tick_s)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping producers, draining consumers...[/]")
             return "interrupted"
         finally:
             self.load.stop()
             self.supervisor.shutdown(timeout_s=30)
+            self.tap.stop()
             self.timeline.close()
             self.run_log.close()
             self.keda.close()
@@ -329,6 +359,9 @@ class DemoLoop:
             data=data,
             elapsed=self.elapsed_s,
             values=values,
+            bursts=list(self.bursts.values()),
+            sent_at=self.tap.sent_at(),
+            zero_during_burst=self.zero_during_burst,
         )
 
     def close(self) -> None:
@@ -339,9 +372,7 @@ class DemoLoop:
 class Monitor:
     """What the demo shows beside the rule: throughput, latency, dead letters, ready count."""
 
-    def __init__(
-        self, settings: Settings, trigger: QueueLengthTrigger, reader: FallbackDepthReader
-    ):
+    def __init__(self, settings: Settings, trigger: QueueTrigger, reader: FallbackDepthReader):
         self.results = ResultsReader(settings)
         self.latency = HistogramAggregator()
         self._trigger = trigger
@@ -374,6 +405,7 @@ class Monitor:
                 if depth is not None and depth.source == AMQP_SOURCE
                 else self._count(self._reader.fallback)
             ),
+            publish_rate=tick.sample.publish_rate,
         )
 
     @staticmethod
@@ -398,6 +430,7 @@ class Monitor:
     def close(self) -> None:
         """Close the readers."""
         self._dead.close()
+        self._reader.close()
         self.results.close()
 
 
@@ -406,7 +439,7 @@ class RunLog:
 
     def __init__(self, path: Path) -> None:
         self._file: IO[str] = path.open("w", encoding="utf-8")
-        self._file.write("t_s,loop,metric,active,current,desired,reason\n")
+        self._file.write("t_s,loop,messages,publish_rate,active,current,desired,reason\n")
         self.events: list[str] = []
         self.last_decision = "-"
 
@@ -415,11 +448,15 @@ class RunLog:
         t = tick.at
         for d in tick.decisions:
             self._file.write(
-                f"{t:.2f},{d.loop},{d.metric:g},{d.active},{d.current},{d.desired},{d.reason}\n"
+                f"{t:.2f},{d.loop},{_num(d.sample.messages)},{_num(d.sample.publish_rate)},"
+                f"{d.active},{d.current},{d.desired},{d.reason}\n"
             )
             if d.desired != d.current:
                 self.last_decision = f"{d.loop}: {d.current} -> {d.desired} ({d.reason})"
-                self.events.append(f"{t:6.1f}s  {self.last_decision}  [depth {d.metric:g}]")
+                self.events.append(
+                    f"{t:6.1f}s  {self.last_decision}  [depth {_num(d.sample.messages)}, "
+                    f"publish {_num(d.sample.publish_rate)}/s]"
+                )
         self._file.flush()
         for event in tick.events:
             self.events.append(f"{t:6.1f}s  consumer {event.index} {event.kind} {event.detail}")
@@ -439,6 +476,10 @@ def _interrupt_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def _redact(url: str) -> str:

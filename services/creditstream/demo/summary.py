@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,67 @@ def labels_from_dataset(path: Path) -> dict[str, int]:
     }
 
 
+@dataclass
+class BurstTiming:
+    """When a burst started producing and when its first consumer was ready (epoch seconds)."""
+
+    name: str
+    run_id: str  # the producer's --run-id: its message ids are `<run_id>-<sequence>`
+    started_at: float
+    first_ready_at: float | None = None
+
+
+def _quantiles_ms(latencies_s: Sequence[float]) -> dict[str, Any]:
+    if not latencies_s:
+        return {"records": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+    values = np.asarray(latencies_s, dtype=np.float64) * 1000
+    return {
+        "records": int(values.size),
+        "p50_ms": round(float(np.percentile(values, 50)), 1),
+        "p99_ms": round(float(np.percentile(values, 99)), 1),
+        "max_ms": round(float(values.max()), 1),
+    }
+
+
+def burst_latency(
+    bursts: Sequence[BurstTiming], sent_at: Mapping[str, float], stored_at: Mapping[str, float]
+) -> list[dict[str, Any]]:
+    """Publish -> stored per burst, split at the moment the burst's first consumer was ready.
+
+    Records published before it pay for scaling from zero (KEDA's polling interval, the
+    management API's statistics lag, the consumer's cold start); the rest are steady state.
+    A burst that found a consumer already ready has no cold part.
+    """
+    report = []
+    for burst in bursts:
+        prefix = f"{burst.run_id}-"
+        ready = burst.first_ready_at
+        cold: list[float] = []
+        steady: list[float] = []
+        missing = 0
+        for message_id, published in sent_at.items():
+            if not message_id.startswith(prefix):
+                continue
+            stored = stored_at.get(message_id)
+            if stored is None:
+                missing += 1
+                continue
+            target = cold if ready is None or published < ready else steady
+            target.append(max(0.0, stored - published))
+        report.append(
+            {
+                "burst": burst.name,
+                "first_consumer_ready_after_s": (
+                    None if ready is None else round(max(0.0, ready - burst.started_at), 1)
+                ),
+                "cold": _quantiles_ms(cold),
+                "steady": _quantiles_ms(steady),
+                "published_not_stored": missing,
+            }
+        )
+    return report
+
+
 def build_summary(
     *,
     rows: list[TimelineRow],
@@ -78,6 +139,9 @@ def build_summary(
     data: DataChoice,
     elapsed: float,
     values: DemoValues,
+    bursts: Sequence[BurstTiming] = (),
+    sent_at: Mapping[str, float] | None = None,
+    zero_during_burst: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Every closing figure of a run (written to summary.json)."""
     from creditstream.timeline import summarize_timeline
@@ -126,6 +190,10 @@ def build_summary(
                 else {}
             ),
         },
+        "latency_by_burst": burst_latency(
+            bursts, sent_at or {}, results.scored_at_by_message() if bursts else {}
+        ),
+        "scale_to_zero_while_producing_s": [round(t, 1) for t in zero_during_burst],
         "peak_queue_depth": stats.peak_depth,
         "peak_ready_live": stats.peak_ready_live,
         "peak_desired_replicas": stats.peak_desired,
@@ -175,6 +243,26 @@ def write_summary(console: Console, summary: Mapping[str, Any], run_dir: Path) -
         f"replicas {summary['peak_running_replicas']} (desired "
         f"{summary['peak_desired_replicas']}), back to 0: {summary['returned_to_zero']}",
     ]
+    for burst in summary.get("latency_by_burst", []):
+        cold, steady = burst["cold"], burst["steady"]
+        ready = burst["first_consumer_ready_after_s"]
+        verdict = (
+            "[green]<= 1 s[/]"
+            if steady["p99_ms"] is not None and steady["p99_ms"] <= 1000
+            else "[red]> 1 s[/]"
+        )
+        lines.append(
+            f"{burst['burst']:<10} publish->stored: cold start (published before the first "
+            f"consumer was ready, {ready} s after the burst began) {cold['records']:,} records "
+            f"p50 {cold['p50_ms']} ms p99 {cold['p99_ms']} ms; steady state "
+            f"{steady['records']:,} records p50 {steady['p50_ms']} ms p99 {steady['p99_ms']} ms "
+            f"({verdict})"
+        )
+    zeros = summary.get("scale_to_zero_while_producing_s", [])
+    lines.append(
+        "to zero    while a burst was producing: "
+        + ("[green]never[/]" if not zeros else "[red]at " + ", ".join(f"{t} s" for t in zeros))
+    )
     if "auc" in summary:
         lines.append(
             f"AUC        {summary['auc']['value']} on {summary['auc']['records']:,} "

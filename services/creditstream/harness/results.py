@@ -144,6 +144,18 @@ class ResultsReader:
         )
         return np.asarray(values, dtype=np.float64)
 
+    def scored_at_by_message(self) -> dict[str, float]:
+        """message_id -> latest scored_at (epoch s) of its stored records.
+
+        NOTE: scored_at is stamped on the row just before the batch's transaction commits, so
+        it is when the record became durable, give or take that commit.
+        """
+        c = self.table.c
+        statement = select(c.message_id, func.max(c.scored_at)).group_by(c.message_id)
+        return self._read(
+            lambda conn: {str(m): _epoch(at) for m, at in conn.execute(statement)}, {}
+        )
+
     def probabilities_by_record(self) -> dict[str, float]:
         """One probability per record id (repeated records score the same)."""
         return {row.record_id: row.probability for row in self.rows()}
