@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from creditstream.demo.run import choose_data
-from creditstream.demo.summary import auc_against_labels, roc_auc
+from creditstream.demo.summary import BurstTiming, auc_against_labels, burst_latency, roc_auc
 from creditstream.demo.values import DEMO_OVERRIDES, load_demo_values
 from creditstream.settings import Settings
 
@@ -81,3 +81,34 @@ def test_choose_data_prefers_the_real_file() -> None:
         pytest.skip(f"data set not found at {settings.data_path}")
     choice = choose_data(settings, allow_download=False)
     assert (choice.kind, choice.path) == ("data set", settings.data_path)
+
+
+def test_burst_latency_splits_at_the_first_ready_consumer() -> None:
+    bursts = [
+        BurstTiming("burst 1", "run-burst1", started_at=100.0, first_ready_at=104.0),
+        BurstTiming("burst 2", "run-burst2", started_at=200.0, first_ready_at=200.0),
+    ]
+    sent = {
+        "run-burst1-0": 100.0,  # waits for the cold start: 6 s
+        "run-burst1-1": 103.9,
+        "run-burst1-2": 104.0,  # published once a consumer was ready: steady
+        "run-burst1-3": 105.0,
+        "run-burst1-4": 106.0,  # never stored
+        "run-burst2-0": 200.5,
+        "other-0": 100.0,  # not the demo's
+    }
+    stored = {
+        "run-burst1-0": 106.0,
+        "run-burst1-1": 106.1,
+        "run-burst1-2": 104.2,
+        "run-burst1-3": 105.1,
+        "run-burst2-0": 200.6,
+    }
+    first, second = burst_latency(bursts, sent, stored)
+    assert first["first_consumer_ready_after_s"] == 4.0
+    assert first["cold"]["records"] == 2 and first["cold"]["max_ms"] == 6000.0
+    assert first["steady"]["records"] == 2 and first["steady"]["max_ms"] == pytest.approx(200.0)
+    assert first["published_not_stored"] == 1
+    # A consumer already ready when the burst began: nothing pays a cold start.
+    assert second["cold"]["records"] == 0 and second["cold"]["p99_ms"] is None
+    assert second["steady"]["records"] == 1
