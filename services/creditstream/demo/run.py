@@ -102,9 +102,11 @@ class DemoPlan:
         plot_timeline(
             rows,
             self.run_dir / "timeline.png",
-            title=f"creditstream demo {self.run_id}: queue depth drives consumer replicas",
+            title=f"creditstream demo {self.run_id}: queue depth and publish rate drive "
+            "consumer replicas",
             subtitle=f"{self.data.kind}, {len(self.bursts)} x {bursts_text(self.bursts)} records "
-            f"at {rate:g}/s; rule value={config.value:g}, max={config.max_replica_count}, "
+            f"at {rate:g}/s; QueueLength value={config.value:g}, MessageRate value="
+            f"{config.message_rate or 0:g}/s, max={config.max_replica_count}, "
             f"cooldown={config.cooldown_period_s:g}s; consumer batch "
             f"{self.values.consumer.batch_size}; peak {summarize_timeline(rows).peak_running} "
             f"replicas; {summary['records_scored']:,} records scored",
