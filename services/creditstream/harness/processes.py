@@ -83,6 +83,7 @@ class Process:
     log_path: Path
     port: int | None
     started_at: float
+    own_group: bool = False  # leader of a process group of its own (start_new_session)
     stopping_since: float | None = None
     last_metrics: Metrics = field(default_factory=Metrics)
 
@@ -164,6 +165,24 @@ class Process:
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
 
+    def kill(self) -> None:
+        """SIGKILL to it and to everything it started (its process group, when it has one)."""
+        if self.own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        else:
+            self.popen.kill()
+
+    def kill_leftovers(self) -> None:
+        """Once it has exited: SIGKILL what it started and left running (its process group).
+
+        NOTE: the group id is the leader's pid, which the kernel does not hand out again while
+        any member of the group lives; a leader that has not exited is never touched here.
+        """
+        if self.own_group and self.popen.poll() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+
 
 @dataclass
 class ProcessGroup:
@@ -229,7 +248,9 @@ class ProcessGroup:
                 stdin=subprocess.DEVNULL,
                 start_new_session=self.new_session,
             )
-        process = Process(index, name, argv, env, popen, log_path, port, time.monotonic())
+        process = Process(
+            index, name, argv, env, popen, log_path, port, time.monotonic(), self.new_session
+        )
         self.processes.append(process)
         return process
 
@@ -248,13 +269,18 @@ class ProcessGroup:
             try:
                 codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
-                process.popen.kill()
+                process.kill()
                 codes.append(process.wait())
+        for process in processes:
+            process.kill_leftovers()
         return codes
 
     def stop_all(self, timeout_s: float | None = None) -> list[int]:
-        """Stop every process still running; their exit codes."""
-        return self.stop(self.alive, timeout_s)
+        """Stop every process still running, and whatever any of them left behind; exit codes."""
+        codes = self.stop(self.alive, timeout_s)
+        for process in self.processes:  # NOTE: also those that had exited (crashed) before
+            process.kill_leftovers()
+        return codes
 
     def __enter__(self) -> ProcessGroup:
         return self

@@ -115,7 +115,7 @@ class Supervisor:
                     f"code {code} after {now - since:.1f}s",
                 )
             elif now - since > self.stop_timeout_s:
-                process.popen.kill()
+                process.kill()
                 self._record(
                     "killed",
                     process.index,
@@ -145,10 +145,11 @@ class Supervisor:
             time.sleep(0.1)
         for process in self.stopping:
             if process.alive:
-                process.popen.kill()
+                process.kill()
                 process.wait(5)
                 self._record("killed", process.index, "at shutdown")
         self.reconcile()
+        self._group.stop_all(timeout_s=0)  # NOTE: all have exited: this ends what they left
 
     def __enter__(self) -> Supervisor:
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -76,3 +77,38 @@ def test_a_process_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_pat
     assert group.stop_all() == [-signal.SIGKILL]
     assert 1.0 <= time.monotonic() - started < 10
     assert stubborn.log_path == tmp_path / "stubborn-000.log"
+
+
+def _gone(pid: int) -> bool:
+    """The process no longer exists (reaped by init after it became an orphan and died)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # NOTE: a zombie still answers kill(pid, 0) until init reaps it; it no longer runs.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+# A wrapper (a shell entrypoint, say) whose worker is a grandchild of the harness.
+WRAPPERS = [
+    pytest.param("sleep 120 & echo $! > {pidfile}; wait", id="wrapper-exits-on-sigterm"),
+    pytest.param(
+        "trap '' TERM; sleep 120 & echo $! > {pidfile}; wait", id="wrapper-ignores-sigterm"
+    ),
+]
+
+
+@pytest.mark.parametrize("script", WRAPPERS)
+def test_nothing_a_process_started_outlives_the_group(script: str, tmp_path: Path) -> None:
+    pidfile = tmp_path / "worker.pid"
+    group = ProcessGroup(tmp_path, Settings(), stop_timeout_s=1.0)
+    group.start([], name="wrapper", command=["sh", "-c", script.format(pidfile=pidfile)])
+    wait_until(lambda: pidfile.is_file() and pidfile.read_text().strip() != "", timeout=30)
+    worker = int(pidfile.read_text())
+    try:
+        group.stop_all()
+        wait_until(lambda: _gone(worker), timeout=10, message=f"the worker {worker} to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
