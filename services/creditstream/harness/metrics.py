@@ -8,6 +8,7 @@ histogram_quantile does.
 
 from __future__ import annotations
 
+import http.client
 import math
 import re
 import urllib.request
@@ -20,6 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 # `name` or `name{label="value",...}`: how tests and reports name one series.
 _SELECTOR: Final = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$")
 _SELECTOR_LABEL: Final = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+# NOTE: the whole label list must parse; a label left unread would widen the selection to
+# every series of the name (`{outcome=scored}` summing every outcome) instead of failing.
+_SELECTOR_LABELS: Final = re.compile(rf"(?:{_SELECTOR_LABEL.pattern}(?:,(?=\w)|,?$))*")
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class Metrics:
     def __getitem__(self, selector: str) -> float:
         """`m['name{label="value"}']`: value() of a series written as in PromQL."""
         match = _SELECTOR.match(selector)
-        if match is None:
+        if match is None or not _SELECTOR_LABELS.fullmatch(match["labels"] or ""):
             raise KeyError(selector)
         return self.value(match["name"], **dict(_SELECTOR_LABEL.findall(match["labels"] or "")))
 
@@ -129,7 +133,9 @@ def scrape(url: str, timeout_s: float = 2.0) -> Metrics | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return Metrics.parse(response.read().decode("utf-8"))
-    except (OSError, ValueError):
+    # NOTE: a process killed while writing its page gives IncompleteRead, something else on
+    # the port BadStatusLine: http.client.HTTPException, which is no OSError.
+    except (OSError, ValueError, http.client.HTTPException):
         return None
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import socket
+import threading
 
 import pytest
 
-from creditstream.harness.metrics import Histogram, HistogramAggregator, Metrics
+from creditstream.harness.metrics import Histogram, HistogramAggregator, Metrics, scrape
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(10)]
 
@@ -95,3 +97,55 @@ def test_series_selected_as_in_promql(selector: str, expected: float) -> None:
 def test_a_truncated_scrape_is_refused() -> None:
     with pytest.raises(ValueError):
         Metrics.parse(EXPOSITION + "creditstream_records_total{outcome=")
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        pytest.param("creditstream_records_total{outcome=scored}", id="unquoted-value"),
+        pytest.param("creditstream_records_total{outcome='scored'}", id="single-quotes"),
+        pytest.param('creditstream_records_total{outcome="scored" }', id="stray-space"),
+        pytest.param('creditstream_records_total{outcome="scored"', id="unclosed-brace"),
+    ],
+)
+def test_a_malformed_selector_is_refused_not_widened(selector: str) -> None:
+    # NOTE: read as `name` alone, it would silently sum every outcome (253 for 'scored').
+    with pytest.raises(KeyError):
+        Metrics.parse(EXPOSITION)[selector]
+
+
+def _serve_once(reply: bytes) -> tuple[str, threading.Thread]:
+    """A real HTTP endpoint on 127.0.0.1 that answers one request with `reply` and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        with server:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(reply)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/metrics", thread
+
+
+HEAD = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # A consumer killed while writing its page: the body ends before Content-Length.
+        pytest.param(
+            HEAD + b"Content-Length: 4096\r\n\r\n" + EXPOSITION.encode()[:200], id="cut-short"
+        ),
+        pytest.param(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", id="not-http"),
+        pytest.param(b"", id="hung-up"),
+        pytest.param(HEAD + b"\r\n" + EXPOSITION.encode() + b"x_total{a=", id="malformed-page"),
+    ],
+)
+def test_a_scrape_that_does_not_answer_a_whole_page_is_none(reply: bytes) -> None:
+    url, thread = _serve_once(reply)
+    assert scrape(url, timeout_s=5) is None
+    thread.join(5)
