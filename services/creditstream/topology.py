@@ -124,6 +124,19 @@ def default_names() -> dict[str, str]:
     return {name: str(fields[name].default) for name in isolated_names("")}
 
 
+def shared_names(settings: Settings) -> list[str]:
+    """The settings' exchange and queue names that are a default name (of any of the fields)."""
+    defaults = set(default_names().values())
+    return sorted({getattr(settings, field) for field in default_names()} & defaults)
+
+
+def refuse_shared_names(settings: Settings, doing: str) -> None:
+    """Raise SharedTopologyError when any exchange or queue name is a default one."""
+    shared = shared_names(settings)
+    if shared:
+        raise SharedTopologyError(f"refusing to {doing} the shared default names {shared}")
+
+
 def declare_topology(settings: Settings) -> None:
     """Declare the settings' exchanges and queues on a short-lived connection."""
     connection = pika.BlockingConnection(connection_parameters(settings, name="creditstream-setup"))
@@ -136,14 +149,10 @@ def declare_topology(settings: Settings) -> None:
 def delete_topology(settings: Settings) -> None:
     """Delete the settings' queues and exchanges (best effort: for isolated runs and tests).
 
-    Raises SharedTopologyError, deleting nothing, when any name is a default one: those belong
-    to every deployment on the broker, never to one run.
+    Raises SharedTopologyError, deleting nothing, when any name is a default one (in whichever
+    field): those belong to every deployment on the broker, never to one run.
     """
-    shared = sorted(
-        name for field, name in default_names().items() if getattr(settings, field) == name
-    )
-    if shared:
-        raise SharedTopologyError(f"refusing to delete the shared default names {shared}")
+    refuse_shared_names(settings, "delete")
     try:
         connection = pika.BlockingConnection(
             connection_parameters(settings, name="creditstream-teardown")

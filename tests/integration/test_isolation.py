@@ -120,3 +120,40 @@ def test_isolation_never_adopts_what_exists_already(vhost_url: str) -> None:
                 {"s": schema},
             ).scalar_one()
         engine.dispose()
+
+
+ON_SHARED_NAMES = [
+    pytest.param("creditstream", {}, id="prefix-that-spells-the-defaults"),
+    pytest.param(
+        "creditstream.test.isolation.x",
+        {"requests_queue": "creditstream.requests"},
+        id="override-back-to-a-default",
+    ),
+]
+
+
+@pytest.mark.parametrize(("prefix", "overrides"), ON_SHARED_NAMES)
+def test_an_isolated_run_on_shared_names_is_refused_before_it_starts(
+    prefix: str, overrides: dict[str, str], tmp_path: Path
+) -> None:
+    # NOTE: refusing only at teardown is too late: the run's consumers would already have
+    # eaten the shared queue and its producer published into it.
+    with broker_vhost(AMQP_URL, f"cs-isolation-{uuid.uuid4().hex[:10]}") as url:
+        entered = []
+        with (
+            pytest.raises(SharedTopologyError),
+            isolated_run(
+                Settings(amqp_url=url), prefix, sqlite_file=tmp_path / "r.sqlite", **overrides
+            ) as settings,
+        ):
+            entered.append(settings)
+        assert entered == [], "the run started on the shared names"
+        assert existing(url, default_names()) == set(), "the shared names were declared"
+
+
+def test_delete_topology_refuses_a_default_name_in_any_field(vhost_url: str) -> None:
+    names = isolated_names(f"creditstream.test.isolation.{uuid.uuid4().hex[:10]}")
+    names["dead_letter_queue"] = "creditstream.requests"  # another field's default
+    with pytest.raises(SharedTopologyError, match=r"creditstream\.requests"):
+        delete_topology(Settings(amqp_url=vhost_url, **names))
+    assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)

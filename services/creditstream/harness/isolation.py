@@ -2,8 +2,9 @@
 
 Every demo run, benchmark scenario and test that talks to the shared broker and database gets
 its own names (`topology.isolated_names`), its own SQLite file, PostgreSQL schema or database,
-and, where it needs one, its own RabbitMQ vhost. Teardown deletes exactly those; deleting the
-default names is refused by `topology.delete_topology` itself.
+and, where it needs one, its own RabbitMQ vhost. Teardown deletes exactly those. A run whose
+names come out as default ones is refused before it starts, and deleting the default names is
+refused by `topology.delete_topology` itself.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ from sqlalchemy.engine import make_url
 
 from creditstream.autoscale.queue_depth import management_url_from_amqp
 from creditstream.settings import Settings
-from creditstream.topology import declare_topology, delete_topology, isolated_names
+from creditstream.topology import (
+    declare_topology,
+    delete_topology,
+    isolated_names,
+    refuse_shared_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +141,12 @@ def isolated_settings(
     database_schema: str | None = None,
     **overrides: Any,
 ) -> Settings:
-    """The base settings with exchanges and queues `PREFIX.*`, a results store and `overrides`."""
-    return base.model_copy(
+    """The base settings with exchanges and queues `PREFIX.*`, a results store and `overrides`.
+
+    Raises SharedTopologyError when a name comes out as a default one (a prefix that spells
+    them, an override that puts one back): a run on those would work on every deployment's.
+    """
+    settings = base.model_copy(
         update={
             **isolated_names(prefix),
             "database_url": SecretStr(database_url),
@@ -144,6 +154,8 @@ def isolated_settings(
             **overrides,
         }
     )
+    refuse_shared_names(settings, "run on")
+    return settings
 
 
 @contextlib.contextmanager
@@ -165,6 +177,8 @@ def isolated_run(
     `overrides` are further settings fields (run_id, batch_size, ...). With `declare` the
     topology exists on entry; it is deleted on exit either way.
     """
+    # NOTE: checked before anything is created, so a refused run leaves nothing behind.
+    refuse_shared_names(base.model_copy(update={**isolated_names(prefix), **overrides}), "run on")
     with contextlib.ExitStack() as stack:
         if store == "postgresql":
             if pg_url is None:
