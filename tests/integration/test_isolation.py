@@ -157,3 +157,21 @@ def test_delete_topology_refuses_a_default_name_in_any_field(vhost_url: str) -> 
     with pytest.raises(SharedTopologyError, match=r"creditstream\.requests"):
         delete_topology(Settings(amqp_url=vhost_url, **names))
     assert existing(vhost_url, default_names()) == set(EXCHANGES + QUEUES)
+
+
+def test_long_non_ascii_run_tags_keep_their_unique_end_in_postgresql() -> None:
+    # NOTE: PostgreSQL cuts identifiers at 63 BYTES; "ü" is two. Cut there, both tags below
+    # would lose their unique end and the second run would collide with the first.
+    tags = [f"cs_{'ü' * 40}_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with postgres_schema(PG_URL, tags[0]) as first, postgres_schema(PG_URL, tags[1]) as second:
+        assert first != second
+        engine = sqlalchemy.create_engine(PG_URL)
+        try:
+            with engine.connect() as conn:
+                found = conn.execute(
+                    sqlalchemy.text("SELECT nspname FROM pg_namespace WHERE nspname IN (:a, :b)"),
+                    {"a": first, "b": second},
+                ).scalars()
+                assert sorted(found) == sorted([first, second]), "names as created"
+        finally:
+            engine.dispose()

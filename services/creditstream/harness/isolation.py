@@ -49,10 +49,13 @@ def unique_tag(name: str) -> str:
 def _identifier(name: str) -> str:
     """A PostgreSQL identifier (63 bytes at most) made of a run tag, unique as the tag is."""
     plain = re.sub(r"\W", "_", name).lower()
-    if len(plain) <= 63:
+    encoded = plain.encode()
+    # NOTE: PostgreSQL's limit is in bytes (NAMEDATALEN - 1), and it cuts longer names there.
+    if len(encoded) <= 63:
         return plain
     # NOTE: the unique part of a tag is at its end: keep a digest of the whole, not a prefix.
-    return f"{plain[:46]}_{hashlib.sha256(plain.encode()).hexdigest()[:16]}"
+    head = encoded[:46].decode(errors="ignore")  # never half a character
+    return f"{head}_{hashlib.sha256(encoded).hexdigest()[:16]}"
 
 
 @contextlib.contextmanager
