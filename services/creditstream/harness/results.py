@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,9 +80,10 @@ class ResultsReader:
             if path is None:
                 self._engine = create_engine(self._url, pool_pre_ping=True)
             elif path.is_file():
+                # NOTE: an SQLite URI: `?`, `#` and `%` in the path must be percent-encoded.
+                uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
                 self._engine = create_engine(
-                    "sqlite://",
-                    creator=lambda: sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5),
+                    "sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, timeout=5)
                 )
         return self._engine
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,26 @@ def test_reads_nothing_before_the_table_exists(tmp_path: Path) -> None:
     (tmp_path / "empty.db").touch()
     with ResultsReader(Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")) as reader:
         assert (reader.count(), reader.rows(), reader.summary()) == (0, [], StoreSummary())
+
+
+@pytest.mark.parametrize(
+    "folder",
+    [
+        pytest.param("C#", id="hash"),
+        pytest.param("why?", id="question-mark"),
+        pytest.param("100%41", id="percent"),
+        pytest.param("two words", id="space"),
+    ],
+)
+def test_reads_a_store_whose_path_has_uri_characters(folder: str, tmp_path: Path) -> None:
+    # NOTE: the read-only open goes through an SQLite URI, where `?`, `#` and `%` mean something.
+    path = tmp_path / folder / "results.db"
+    path.parent.mkdir()
+    settings = Settings(database_url=f"sqlite:///{urllib.parse.quote(str(path))}")
+    store = ResultsStore.from_settings(settings)
+    try:
+        store.write([prediction("a", "1", received=0.0, scored=0.010)])
+        with ResultsReader(settings) as reader:
+            assert reader.count() == 1
+    finally:
+        store.dispose()
