@@ -18,15 +18,40 @@ app = typer.Typer(
     name="creditstream",
     help="Queue-driven credit-card default risk scoring on RabbitMQ + ONNX Runtime.",
     no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
+    # NOTE: uncaught errors reach run_app(), which prints them redacted (rich's pretty
+    # tracebacks would print exception messages as they are).
+    pretty_exceptions_enable=False,
     add_completion=False,
 )
 
 
 def build_settings(**overrides: Any) -> Settings:
-    """Environment/.env settings with the CLI flags that were given on top."""
+    """Environment/.env settings with the CLI flags that were given on top.
+
+    Invalid settings end the command with exit code 2 and the field names, never the values
+    (they may be URLs with passwords).
+    """
+    from pydantic import ValidationError
+
     given = {key: value for key, value in overrides.items() if value is not None}
-    return Settings(**given)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        from creditstream.redaction import Redactor, secrets_in_environment
+
+        redactor = Redactor(secrets_in_environment())
+        for error in exc.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            variable = f"CREDITSTREAM_{field.upper()}"
+            typer.echo(redactor(f"error: invalid {field} ({variable}): {error['msg']}"), err=True)
+        raise typer.Exit(code=2) from None
+
+
+def read_secret_file(path: Path | None) -> str | None:
+    """The secret stored in a file (e.g. a mounted Secret), without its trailing newline."""
+    if path is None:
+        return None
+    return path.read_text(encoding="utf-8").strip()
 
 
 def _setup_logging(settings: Settings, component: str) -> None:
@@ -35,15 +60,25 @@ def _setup_logging(settings: Settings, component: str) -> None:
     configure_logging(settings, component)
 
 
-AmqpUrlOption = Annotated[
-    str | None,
+# NOTE: secrets are never command-line values (visible in `ps`, shell history, pod specs):
+# they come from the environment (CREDITSTREAM_*) or from a file such as a mounted Secret.
+_SECRET_FILE = {"exists": True, "dir_okay": False, "readable": True, "show_default": False}
+AmqpUrlFileOption = Annotated[
+    Path | None,
     typer.Option(
-        "--amqp-url", help="AMQP URL (default: CREDITSTREAM_AMQP_URL).", show_default=False
+        "--amqp-url-file",
+        help="File holding the AMQP URL (default: the CREDITSTREAM_AMQP_URL variable).",
+        **_SECRET_FILE,
     ),
 ]
-DatabaseUrlOption = Annotated[
-    str | None,
-    typer.Option("--database-url", help="SQLAlchemy URL of the results store.", show_default=False),
+DatabaseUrlFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--database-url-file",
+        help="File holding the results store's SQLAlchemy URL (default: the "
+        "CREDITSTREAM_DATABASE_URL variable).",
+        **_SECRET_FILE,
+    ),
 ]
 DataOption = Annotated[
     Path | None,
@@ -85,7 +120,7 @@ def produce(
         str | None,
         typer.Option(help="Stable run id: message ids derive from it, so a rerun is deduplicated."),
     ] = None,
-    amqp_url: AmqpUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -102,12 +137,14 @@ def produce(
         raise typer.BadParameter("--data and --synthetic exclude each other")
     if rate is not None and interval is not None:
         raise typer.BadParameter("--rate and --interval exclude each other")
-    settings = build_settings(amqp_url=amqp_url, data_path=data, run_id=run_id)
+    settings = build_settings(
+        amqp_url=read_secret_file(amqp_url_file), data_path=data, run_id=run_id
+    )
     _setup_logging(settings, "producer")
     from creditstream.broker import BROKER_DOWN_ERRORS
     from creditstream.data.dataset import DatasetError
     from creditstream.data.source import DataSourceError
-    from creditstream.logs import redact
+    from creditstream.logs import settings_redactor
     from creditstream.model_card import ModelCardError
     from creditstream.topology import TopologyMismatchError
 
@@ -126,7 +163,7 @@ def produce(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     except BROKER_DOWN_ERRORS as exc:
-        url = redact(settings.amqp_url.get_secret_value())
+        url = settings_redactor(settings)(settings.amqp_url.get_secret_value())
         typer.echo(
             f"error: RabbitMQ unreachable at {url} after {settings.broker_wait_s:g}s "
             f"({exc.__class__.__name__}); nothing was sent",
@@ -154,8 +191,8 @@ def consume(
     http_port: Annotated[
         int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
     ] = None,
-    amqp_url: AmqpUrlOption = None,
-    database_url: DatabaseUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
+    database_url_file: DatabaseUrlFileOption = None,
     model: Annotated[Path | None, typer.Option("--model", help="ONNX model file.")] = None,
 ) -> None:
     """Score queued records in micro-batches with ONNX Runtime and store every prediction."""
@@ -167,8 +204,8 @@ def consume(
         prefetch=prefetch,
         exit_when_idle_s=exit_when_idle,
         http_port=http_port,
-        amqp_url=amqp_url,
-        database_url=database_url,
+        amqp_url=read_secret_file(amqp_url_file),
+        database_url=read_secret_file(database_url_file),
         model_path=model,
     )
     _setup_logging(settings, "consumer")
@@ -179,7 +216,7 @@ def consume(
 def predict(
     source: Annotated[str, typer.Argument(help="JSON file of record(s), or - for stdin.")] = "-",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each reply.", min=0.1)] = 30.0,
-    amqp_url: AmqpUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
 ) -> None:
     """Score records through the queue (reply_to + correlation_id); one JSON line per record."""
     import json
@@ -187,7 +224,7 @@ def predict(
 
     from creditstream.client import PredictionClient, PredictionError
 
-    settings = build_settings(amqp_url=amqp_url)
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
     _setup_logging(settings, "client")
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     try:
@@ -210,12 +247,12 @@ def predict(
 @app.command("smoke-test")
 def smoke_test(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.", min=0.1)] = 60.0,
-    amqp_url: AmqpUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
 ) -> None:
     """Publish one synthetic record and wait for its prediction via reply_to (the helm test)."""
     from creditstream.client import run_smoke_test
 
-    settings = build_settings(amqp_url=amqp_url)
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
     _setup_logging(settings, "smoke-test")
     raise typer.Exit(code=run_smoke_test(settings, timeout=timeout))
 
@@ -363,13 +400,13 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    amqp_url: AmqpUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
 ) -> None:
     """Run the platform on this machine, scaled by the local KEDA rule, and write a run folder."""
     from creditstream.autoscale.rule import parse_set_override
     from creditstream.demo.run import DemoOptions, LoadProfile, run_demo
 
-    settings = build_settings(amqp_url=amqp_url)
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
     try:
         overrides: list[Mapping[str, Any]] = [parse_set_override(text) for text in set_values or []]
     except ValueError as exc:
@@ -401,19 +438,25 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    pg_url: Annotated[
-        str,
-        typer.Option("--pg-url", help="PostgreSQL database for the PostgreSQL scenarios."),
-    ] = "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    amqp_url: AmqpUrlOption = None,
+    pg_url_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--pg-url-file",
+            help="File holding the SQLAlchemy URL of the PostgreSQL database for the PostgreSQL "
+            "scenarios (default: the local test database, postgres@127.0.0.1:5432/test).",
+            **_SECRET_FILE,
+        ),
+    ] = None,
+    amqp_url_file: AmqpUrlFileOption = None,
 ) -> None:
     """Benchmark throughput and latency against the broker ceiling and a seed-style consumer."""
-    from creditstream.bench.runner import run_bench
+    from creditstream.bench.runner import DEFAULT_PG_URL, run_bench
     from creditstream.settings import REPO_ROOT
 
-    settings = build_settings(amqp_url=amqp_url)
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
     _setup_logging(settings, "bench")
     target = out or REPO_ROOT / "docs"
+    pg_url = read_secret_file(pg_url_file) or DEFAULT_PG_URL
     raise typer.Exit(code=run_bench(settings, quick=quick, out_dir=target, pg_url=pg_url))
 
 
@@ -430,14 +473,15 @@ def observe(
     context: Annotated[
         str | None, typer.Option(help="kubeconfig context (default: current).", show_default=False)
     ] = None,
-    management_url: Annotated[
-        str | None,
+    management_url_file: Annotated[
+        Path | None,
         typer.Option(
-            "--management-url",
-            help="RabbitMQ management API, e.g. through `kubectl port-forward "
-            "svc/creditstream-rabbitmq 15672`: http://user:pass@localhost:15672/ (default: "
-            "CREDITSTREAM_MANAGEMENT_URL; without it the HPA's metric is shown).",
-            show_default=False,
+            "--management-url-file",
+            help="File holding the RabbitMQ management API URL with its credentials (default: "
+            "the CREDITSTREAM_MANAGEMENT_URL variable; reach the API with `kubectl "
+            "port-forward svc/creditstream-rabbitmq 15672`). Without it the HPA's metric is "
+            "shown.",
+            **_SECRET_FILE,
         ),
     ] = None,
     queue: Annotated[
@@ -468,7 +512,9 @@ def observe(
     from creditstream.observe import run_observe
     from creditstream.settings import REPO_ROOT
 
-    settings = build_settings(management_url=management_url, requests_queue=queue)
+    settings = build_settings(
+        management_url=read_secret_file(management_url_file), requests_queue=queue
+    )
     reader = None
     if settings.management_url is not None:
         reader = ManagementApiReader(
@@ -500,8 +546,23 @@ def observe(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an unexpected error prints a redacted traceback, exit 1."""
+    run_app(app)
+
+
+def run_app(application: typer.Typer) -> None:
+    """Run a Typer app; tracebacks of unexpected errors pass the redactor before printing."""
+    import sys
+    import traceback
+
+    try:
+        application()
+    except Exception:  # noqa: BLE001 - the last line of defence before the terminal
+        from creditstream.redaction import Redactor, secrets_in_environment
+
+        redactor = Redactor(secrets_in_environment())
+        sys.stderr.write(redactor(traceback.format_exc()))
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
 
+from creditstream.redaction import RedactingFilter, Redactor, secrets_in_environment, secrets_in_url
+
 if TYPE_CHECKING:
     from creditstream.settings import Settings
 
-# user:password@ in any URL-looking text (amqp://, amqps://, postgresql+psycopg://, http://).
-_URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.IGNORECASE
-)
 
-
-def redact(text: str) -> str:
-    """Replace the password in every URL of `text` by `***`."""
-    return _URL_CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
-
-
-class RedactingFilter(logging.Filter):
-    """Scrub URL credentials from every record, whatever library logged it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+def settings_redactor(settings: Settings) -> Redactor:
+    """A redactor that also knows this process's literal secrets (settings and environment)."""
+    literals = secrets_in_environment()
+    for name in settings.secret_field_names():
+        value = getattr(settings, name)
+        if value is not None:
+            literals += secrets_in_url(value.get_secret_value())
+    return Redactor(literals)
 
 
 def configure_logging(settings: Settings, component: str) -> None:
@@ -54,7 +44,7 @@ def configure_logging(settings: Settings, component: str) -> None:
         from rich.logging import RichHandler
 
         handler = RichHandler(show_path=False, rich_tracebacks=True)
-    handler.addFilter(RedactingFilter())
+    handler.addFilter(RedactingFilter(settings_redactor(settings)))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         protected_namespaces=(),
+        # NOTE: a validation error must never echo what was given: it may be a URL with a
+        # password (or a password in the wrong variable).
+        hide_input_in_errors=True,
     )
 
     # --- broker -----------------------------------------------------------------------------
@@ -158,11 +162,37 @@ class Settings(BaseSettings):
 
     @field_validator("amqp_url")
     @classmethod
-    def _check_amqp_scheme(cls, value: SecretStr) -> SecretStr:
-        scheme = value.get_secret_value().split("://", 1)[0]
-        if scheme not in {"amqp", "amqps"}:
-            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got {scheme}://")
+    def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        userinfo = _check_url(url, {"amqp", "amqps"})
+        if userinfo and ":" not in userinfo:
+            raise ValueError("names a user without a password (amqp://user:password@host/)")
+        import pika
+
+        try:
+            pika.URLParameters(url)
+        except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
+            from creditstream.redaction import Redactor, secrets_in_url
+
+            detail = Redactor(secrets_in_url(url))(f"{type(exc).__name__}: {exc}")
+            raise ValueError(f"pika cannot use it ({detail})") from None
         return value
+
+    @field_validator("management_url")
+    @classmethod
+    def _check_management_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_url(value.get_secret_value(), {"http", "https"})
+        return value
+
+    @classmethod
+    def secret_field_names(cls) -> list[str]:
+        """Fields holding secrets (SecretStr): never logged, redacted as literals."""
+        return [
+            name
+            for name, info in cls.model_fields.items()
+            if SecretStr in (info.annotation, *get_args(info.annotation))
+        ]
 
     @property
     def resolved_model_card_path(self) -> Path:
@@ -180,3 +210,27 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"CREDITSTREAM_{name.upper()}"] = str(value)
         return env
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*", re.IGNORECASE)
+
+
+def _check_url(url: str, schemes: set[str]) -> str:
+    """Refuse a URL with the wrong scheme or ambiguous credentials (without quoting it).
+
+    Returns the URL's user-info ("" when none).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or not _SCHEME.fullmatch(scheme):
+        raise ValueError(f"must be a {' or '.join(sorted(schemes))} URL (scheme://...)")
+    if scheme.lower() not in schemes:
+        raise ValueError(f"must start with {' or '.join(f'{s}://' for s in sorted(schemes))}")
+    userinfo = rest[: rest.rfind("@")] if "@" in rest else ""
+    # NOTE: URL parsers end the host part at the first `/`, `?` or `#`: a raw one in the
+    # password would send the rest of it to the host or path (and into error messages).
+    if any(char in userinfo for char in "/?#"):
+        raise ValueError(
+            "ambiguous credentials: percent-encode '/', '?', '#' and '@' in the user, "
+            "password and vhost (urllib.parse.quote(password, safe=''))"
+        )
+    return userinfo

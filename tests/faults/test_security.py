@@ -116,8 +116,18 @@ def test_generated_broker_password_never_appears_in_any_log(
     ), "consumer reconnected"
     wrong_password = secrets.token_urlsafe(24)
     for url in (broker_account.url(wrong_password), broker_account.url(port=free_port())):
+        url_file = tmp_path / "amqp-url"
+        url_file.write_text(url, encoding="utf-8")
         failed = run_cli(
-            ["produce", "--synthetic", "--limit", "5", "--no-progress", "--amqp-url", url],
+            [
+                "produce",
+                "--synthetic",
+                "--limit",
+                "5",
+                "--no-progress",
+                "--amqp-url-file",
+                str(url_file),
+            ],
             settings.model_copy(update={"broker_wait_s": 1.0}),
             timeout=120,
         )

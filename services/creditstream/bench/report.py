@@ -475,7 +475,7 @@ baseline also needs the UCI data set (CREDITSTREAM_DATA_PATH, default
 make bench                                          # full run (< 10 min): rewrites this file
 make bench-quick                                    # CI sanity run (< 2 min), .cache/bench-quick/
 .venv/bin/creditstream bench --out /tmp/bench       # full run elsewhere
-.venv/bin/creditstream bench --pg-url postgresql+psycopg://user@host/db
+.venv/bin/creditstream bench --pg-url-file pg-url  # file: postgresql+psycopg://user:pw@host/db
 ```
 
 `benchmarks.json` beside this file holds every figure in machine-readable form. Run on a quiet

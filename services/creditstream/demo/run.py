@@ -53,6 +53,7 @@ from creditstream.harness.metrics import HistogramAggregator
 from creditstream.harness.results import ResultsReader
 from creditstream.harness.supervisor import Supervisor
 from creditstream.preflight import START_RABBITMQ
+from creditstream.redaction import redact
 from creditstream.settings import REPO_ROOT, Settings
 from creditstream.timeline import TimelineRow, TimelineWriter, plot_timeline, summarize_timeline
 from creditstream.topology import isolated_names
@@ -202,7 +203,7 @@ def open_depth_reader(console: Console, settings: Settings, protocol: str) -> Fa
     reader = depth_reader_for(settings, settings.requests_queue, protocol=protocol)
     source = f"management API {reader.primary.endpoint}" if reader.primary else "AMQP"
     console.print(
-        f"broker     {_redact(settings.amqp_url.get_secret_value())}  (queue depth via {source})"
+        f"broker     {redact(settings.amqp_url.get_secret_value())}  (queue depth via {source})"
     )
     if reader.primary is not None and not reader.primary.ping():
         console.print("[yellow]" + MANAGEMENT_MISSING_HELP.format(where=reader.primary.endpoint))
@@ -482,14 +483,3 @@ def _interrupt_on_sigterm() -> Iterator[None]:
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:g}"
-
-
-def _redact(url: str) -> str:
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urllib.parse.urlunsplit(
-        (parts.scheme, f"{parts.username or ''}:***@{host}{port}", parts.path, "", "")
-    )
