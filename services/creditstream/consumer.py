@@ -435,8 +435,8 @@ def run_consumer(settings: Settings) -> int:
     metrics, health = ConsumerMetrics(), HealthState()
     server = None
     if settings.http_port:
-        server = HealthServer(settings.http_host, settings.http_port, health, metrics).start()
-        log.info("health and metrics on :%d", server.port)
+        server = HealthServer.from_settings(settings, health, metrics).start()
+        log.info("health and metrics on %s:%d", server.host, server.port)
     try:
         scorer = OnnxScorer.from_settings(settings)
     except ModelError as exc:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +18,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from creditstream.settings import Settings
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -149,41 +154,55 @@ class HealthState:
 
 
 class HealthServer:
-    """A small threaded HTTP server for probes and Prometheus scraping."""
+    """/healthz, /readyz and /metrics on one event-loop thread, safe against slow clients.
 
-    def __init__(self, host: str, port: int, health: HealthState, metrics: ConsumerMetrics):
-        state, registry, gauge = health, metrics.registry, metrics.ready
+    NOTE: not http.server: its ThreadingHTTPServer spends a thread per connection and only
+    times out single reads, so half-sent or trickled requests held one thread each for ever.
+    Here every connection is a coroutine, the whole request (line and headers, at most
+    `max_request_bytes`) must arrive within `request_timeout_s`, and at most `max_connections`
+    are open: a new one evicts the oldest still sending its request, so a probe's complete
+    request is answered even while the limit is taken by stalled clients.
+    """
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    gauge.set(1 if state.ready else 0)
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    ok = state.live
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
-                elif path == "/readyz":
-                    body = repr(state.describe()).encode() + b"\n"
-                    self._send(200 if state.ready else 503, body)
-                else:
-                    self._send(404, b"not found\n")
-
-            def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # NOTE: probes every few seconds would flood the logs
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        health: HealthState,
+        metrics: ConsumerMetrics,
+        *,
+        request_timeout_s: float = 5.0,
+        max_connections: int = 64,
+        max_request_bytes: int = 8192,
+    ) -> None:
+        self._health, self._metrics = health, metrics
+        self._timeout_s = request_timeout_s
+        self._max_connections = max_connections
+        self._open: set[asyncio.StreamWriter] = set()
+        # Connections still sending their request, oldest first (the ones to evict).
+        self._receiving: OrderedDict[asyncio.StreamWriter, None] = OrderedDict()
+        self._loop = asyncio.new_event_loop()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, host, port, limit=max_request_bytes)
+        )
+        self.host = host
+        self.port = int(self._server.sockets[0].getsockname()[1])
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="health-http", daemon=True
+            target=self._loop.run_forever, name="health-http", daemon=True
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, health: HealthState, metrics: ConsumerMetrics
+    ) -> HealthServer:
+        """The server on settings.http_host:http_port with the configured limits."""
+        return cls(
+            settings.http_host,
+            settings.http_port,
+            health,
+            metrics,
+            request_timeout_s=settings.http_request_timeout_s,
+            max_connections=settings.http_max_connections,
         )
 
     def start(self) -> HealthServer:
@@ -192,6 +211,74 @@ class HealthServer:
         return self
 
     def stop(self) -> None:
-        """Shut the server down."""
-        self._server.shutdown()
-        self._server.server_close()
+        """Close the listener and every connection, then end the thread."""
+
+        async def shutdown() -> None:
+            self._server.close()
+            for writer in list(self._open):
+                writer.close()
+            await self._server.wait_closed()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        else:
+            self._loop.run_until_complete(shutdown())
+        self._loop.close()
+
+    # --- per connection (event-loop thread) -------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._open) >= self._max_connections:
+            if not self._receiving:
+                writer.close()  # every slot is busy answering: refuse the newcomer
+                return
+            oldest, _ = self._receiving.popitem(last=False)
+            oldest.close()
+        self._open.add(writer)
+        self._receiving[writer] = None
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._timeout_s)
+            except asyncio.LimitOverrunError:
+                head = None
+            finally:
+                self._receiving.pop(writer, None)
+            code, body, content_type = self._respond(head)
+            writer.write(_http_response(code, body, content_type))
+            await asyncio.wait_for(writer.drain(), self._timeout_s)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass  # too slow, gone or evicted: nothing to answer
+        finally:
+            self._open.discard(writer)
+            writer.close()
+
+    def _respond(self, head: bytes | None) -> tuple[int, bytes, str]:
+        if head is None:
+            return 431, b"request too large\n", "text/plain"
+        method, _, rest = head.partition(b" ")
+        target = rest.partition(b" ")[0].decode("latin-1")
+        if method != b"GET":
+            return 405, b"only GET\n", "text/plain"
+        if not target.startswith("/"):
+            return 400, b"bad request\n", "text/plain"
+        path = target.split("?", 1)[0]
+        state = self._health
+        if path == "/metrics":
+            self._metrics.ready.set(1 if state.ready else 0)
+            return 200, generate_latest(self._metrics.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            return (200, b"ok\n", "text/plain") if state.live else (503, b"stalled\n", "text/plain")
+        if path == "/readyz":
+            body = repr(state.describe()).encode() + b"\n"
+            return 200 if state.ready else 503, body, "text/plain"
+        return 404, b"not found\n", "text/plain"
+
+
+def _http_response(code: int, body: bytes, content_type: str) -> bytes:
+    reason = HTTPStatus(code).phrase
+    head = (
+        f"HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body

@@ -133,9 +133,28 @@ class Settings(BaseSettings):
     exit_when_idle_s: float | None = Field(
         None, ge=0, description="Exit 0 after this many seconds with no delivery (None: never)."
     )
-    http_host: str = Field("0.0.0.0", description="Bind address of /healthz, /readyz, /metrics.")
+    http_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of /healthz, /readyz, /metrics (IPv4 or IPv6 literal, or a "
+        "name). Loopback by default; the chart binds the pod IP (downward API status.podIP), "
+        "which the kubelet probes and Prometheus scrapes.",
+    )
     http_port: int = Field(
         8000, ge=0, le=65_535, description="Port of the HTTP endpoints (0: off)."
+    )
+    http_request_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Time a client has to send its whole request (line and headers) and to "
+        "read the answer; slower connections are closed.",
+    )
+    http_max_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Open connections the HTTP endpoints hold at once; more are closed at "
+        "accept (all served by one thread).",
     )
     inference_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads.")
 

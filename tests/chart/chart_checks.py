@@ -60,6 +60,13 @@ def secret_data(docs: Iterable[Doc]) -> dict[str, dict[str, str]]:
     return out
 
 
+# A downward-API value (fieldRef) in resolve_env's result: FIELD_REF + the field path.
+FIELD_REF = "fieldRef:"
+POD_IP = FIELD_REF + "status.podIP"
+# Addresses the kubelet's probes (sent to the pod IP) can reach.
+_PROBE_REACHABLE_HOSTS = {POD_IP, "0.0.0.0", "::", ""}
+
+
 def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, str]]:
     """Effective env of a container: literal values as str, secretKeyRefs as (secret, key).
 
@@ -76,6 +83,8 @@ def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, s
         elif "secretKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = (ref["name"], ref["key"])
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = FIELD_REF + item["valueFrom"]["fieldRef"]["fieldPath"]
     return env
 
 
@@ -249,6 +258,13 @@ def probe_problems(docs: list[Doc]) -> list[str]:
             where = f"Deployment {deployment['metadata']['name']} container {container['name']}"
             env = resolve_env(docs, container)
             port = int(str(env.get("CREDITSTREAM_HTTP_PORT", "8000")))
+            # NOTE: the process binds loopback unless told otherwise; probes go to the pod IP.
+            host = env.get("CREDITSTREAM_HTTP_HOST", "127.0.0.1")
+            if host not in _PROBE_REACHABLE_HOSTS:
+                problems.append(
+                    f"{where}: the process binds {host} (CREDITSTREAM_HTTP_HOST) but the "
+                    "kubelet probes the pod IP: set it from the downward API status.podIP"
+                )
             named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
             for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
                 get = (container.get(probe) or {}).get("httpGet")
@@ -256,6 +272,8 @@ def probe_problems(docs: list[Doc]) -> list[str]:
                     problems.append(f"{where}: {probe} is not an httpGet probe")
                     continue
                 target = named.get(get["port"], get["port"])
+                if get.get("host"):
+                    problems.append(f"{where}: {probe} sets host {get['host']} (not the pod IP)")
                 if get.get("path") != path:
                     problems.append(f"{where}: {probe} path {get.get('path')} != {path}")
                 if target != port:

@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import requests
-from chart_checks import by_kind, containers, resolve_env, secret_data
+from chart_checks import POD_IP, by_kind, containers, resolve_env, secret_data
 
 from conftest import CHART, REPO_ROOT, helm_template, parse_docs
 from creditstream.harness import broker_vhost, postgres_database
@@ -130,6 +130,8 @@ def process_env(
             secret, key = value
             assert key in secrets[secret], f"{name}: Secret {secret} has no key {key}"
             value = _local_url(secrets[secret][key], services, isolation)
+        elif value == POD_IP:
+            value = "127.0.0.1"  # NOTE: this machine's "pod IP", where the probes below go
         env[name] = paths.get(value, value) if isinstance(value, str) else value
         if isinstance(env[name], Path):
             env[name] = str(env[name])

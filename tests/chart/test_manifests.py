@@ -422,6 +422,11 @@ def _probe_on_wrong_path(docs: Docs) -> None:
     container["readinessProbe"]["httpGet"]["path"] = "/ready"
 
 
+def _http_on_loopback(docs: Docs) -> None:
+    container = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "CREDITSTREAM_HTTP_HOST"]
+
+
 def _host_in_metadata(docs: Docs) -> None:
     metadata = by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]
     metadata["host"] = "http://creditstream:s3cretpassword@broker:15672/"
@@ -448,6 +453,9 @@ NEGATIVE = [
         id="grace-below-batch",
     ),
     pytest.param(_probe_on_wrong_path, probe_problems, "path /ready != /readyz", id="probe-path"),
+    pytest.param(
+        _http_on_loopback, probe_problems, "the process binds 127.0.0.1", id="http-on-loopback"
+    ),
     pytest.param(
         _host_in_metadata,
         plain_credential_problems,
