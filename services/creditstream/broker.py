@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pika
@@ -13,6 +16,7 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
+    stop_when_event_set,
     wait_exponential_jitter,
 )
 
@@ -33,6 +37,26 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class ConnectInterrupted(Exception):
+    """The stop event was set while waiting for the broker (e.g. SIGTERM at start-up)."""
+
+
+def interruptible_sleep(stop: threading.Event, tick_s: float = 0.05) -> Callable[[float], None]:
+    """A sleep for tenacity that returns early once `stop` is set.
+
+    NOTE: it polls `is_set()` instead of calling `stop.wait()`: the event is set from signal
+    handlers, and a handler calling Event.set() while this thread holds the event's internal
+    lock (inside Event.wait) would deadlock.
+    """
+
+    def sleep(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, tick_s))
+
+    return sleep
+
+
 def connection_parameters(settings: Settings, *, name: str) -> pika.URLParameters:
     """pika parameters from the AMQP URL; amqps:// verifies the server with the CA bundle."""
     params = pika.URLParameters(settings.amqp_url.get_secret_value())
@@ -51,24 +75,43 @@ def connection_parameters(settings: Settings, *, name: str) -> pika.URLParameter
 
 
 def connect(
-    settings: Settings, *, name: str, wait_s: float | None = None
+    settings: Settings,
+    *,
+    name: str,
+    wait_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> pika.BlockingConnection:
     """A BlockingConnection, retried with jittered exponential backoff up to `wait_s` seconds.
 
-    `wait_s=None` uses settings.broker_wait_s; 0 means one attempt.
+    `wait_s=None` uses settings.broker_wait_s; 0 means one attempt. Setting `stop` ends the
+    wait within a fraction of a second (an attempt in progress finishes first) by raising
+    ConnectInterrupted.
     """
     params = connection_parameters(settings, name=name)
     budget = settings.broker_wait_s if wait_s is None else wait_s
+    stop = stop or threading.Event()
+
+    def attempt_once() -> pika.BlockingConnection:
+        if stop.is_set():
+            raise ConnectInterrupted(f"stopped while connecting to the broker ({name})")
+        return pika.BlockingConnection(params)
+
+    if budget == 0:
+        return attempt_once()
     retrying = Retrying(
         retry=retry_if_exception_type(BROKER_DOWN_ERRORS),
         wait=wait_exponential_jitter(multiplier=0.2, max=settings.reconnect_max_s),
-        stop=stop_after_delay(budget),
+        stop=stop_after_delay(budget) | stop_when_event_set(stop),
+        sleep=interruptible_sleep(stop),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     )
-    if budget == 0:
-        return pika.BlockingConnection(params)
-    for attempt in retrying:
-        with attempt:
-            return pika.BlockingConnection(params)
+    try:
+        for attempt in retrying:
+            with attempt:
+                return attempt_once()
+    except BROKER_DOWN_ERRORS as exc:
+        if stop.is_set():
+            raise ConnectInterrupted(f"stopped while connecting to the broker ({name})") from exc
+        raise
     raise AssertionError("unreachable")  # pragma: no cover

@@ -6,6 +6,8 @@ that `creditstream --help` is fast and the consumer image never imports training
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +47,23 @@ def build_settings(**overrides: Any) -> Settings:
             variable = f"CREDITSTREAM_{field.upper()}"
             typer.echo(redactor(f"error: invalid {field} ({variable}): {error['msg']}"), err=True)
         raise typer.Exit(code=2) from None
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (Kubernetes stopping the pod, Ctrl-C)."""
+    import signal
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        logging.getLogger("creditstream").warning(
+            "received %s: stopping", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return stop
 
 
 def read_secret_file(path: Path | None) -> str | None:
@@ -148,6 +167,7 @@ def produce(
     from creditstream.model_card import ModelCardError
     from creditstream.topology import TopologyMismatchError
 
+    stop = _stop_on_signals()
     try:
         report = run_producer(
             settings,
@@ -158,6 +178,7 @@ def produce(
             records_per_message=records_per_message,
             repeat=repeat,
             progress=progress,
+            stop=stop,
         )
     except (DatasetError, DataSourceError, ModelCardError, TopologyMismatchError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -171,7 +192,7 @@ def produce(
         )
         raise typer.Exit(code=1) from exc
     typer.echo(report.summary_line())
-    if report.unconfirmed:
+    if not report.complete:
         raise typer.Exit(code=1)
 
 

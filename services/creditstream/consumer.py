@@ -26,7 +26,7 @@ import pika.exceptions
 from sqlalchemy.exc import SQLAlchemyError
 
 from creditstream.batcher import MicroBatch, PendingMessage, Prediction, reply_body
-from creditstream.broker import BROKER_DOWN_ERRORS, connect
+from creditstream.broker import BROKER_DOWN_ERRORS, ConnectInterrupted, connect
 from creditstream.codec import Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
 from creditstream.topology import (
@@ -95,7 +95,10 @@ class Consumer:
                     self.settings,
                     name="creditstream-consumer",
                     wait_s=self.settings.broker_wait_s if first else 0,
+                    stop=self._stop,
                 )
+            except ConnectInterrupted:
+                break  # stopped (SIGTERM) while waiting for the broker: nothing in hand
             except BROKER_DOWN_ERRORS as exc:
                 attempts += 1
                 limit = self.settings.reconnect_attempts

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+import threading
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -22,7 +23,12 @@ import pika
 import pika.exceptions
 from pika.spec import Basic
 
-from creditstream.broker import connect, connection_parameters
+from creditstream.broker import (
+    ConnectInterrupted,
+    connect,
+    connection_parameters,
+    interruptible_sleep,
+)
 from creditstream.codec import encode_records
 from creditstream.topology import REQUEST_ROUTING_KEY, SENT_AT_HEADER, Topology
 
@@ -35,6 +41,11 @@ log = logging.getLogger(__name__)
 
 _MAX_NACK_RETRIES = 3
 _PUBLISH_SLICE = 256  # publishes per ioloop turn, so confirms are read in between
+# NOTE: after a stop request, confirms still outstanding get this long (the chart gives a pod
+# 30 s or more after SIGTERM); what stays unconfirmed is reported and republished, same ids,
+# by the next run with the same run id.
+_STOP_GRACE_S = 10.0
+_STOP_POLL_S = 0.2
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Pacer:
 
 @dataclass
 class ProduceReport:
-    """What the producer achieved; `unconfirmed` > 0 makes the CLI exit non-zero."""
+    """What the producer achieved; `complete` False makes the CLI exit non-zero."""
 
     source: str
     records: int = 0
@@ -92,6 +103,13 @@ class ProduceReport:
     unconfirmed_messages: int = 0
     republished: int = 0
     reconnects: int = 0
+    source_finished: bool = False
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every record of the source was sent and confirmed."""
+        return self.source_finished and not self.unconfirmed
 
     @property
     def rate(self) -> float:
@@ -108,6 +126,8 @@ class ProduceReport:
             line += f"; {self.reconnects} reconnects, {self.republished} republished"
         if self.unconfirmed:
             line += f"; NOT CONFIRMED: {self.unconfirmed} records"
+        if not self.source_finished:
+            line += f"; STOPPED ({self.stopped or 'unknown reason'}) before the end of the source"
         return line
 
 
@@ -119,6 +139,7 @@ class _State:
     exhausted: bool = False
     finished: bool = False
     blocked: bool = False
+    stopping: bool = False
     fresh_records: int = 0
     fresh_messages: int = 0
     gave_up: list[OutgoingMessage] = field(default_factory=list)
@@ -135,12 +156,16 @@ class ConfirmingPublisher:
         source: str,
         pacer: Pacer | None = None,
         on_confirmed: Callable[[int], None] | None = None,
+        total_records: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.topology = Topology.from_settings(settings)
         self._messages = messages
         self._pacer = pacer or Pacer()
         self._on_confirmed = on_confirmed or (lambda _n: None)
+        self._total_records = total_records
+        self._stop = stop or threading.Event()
         self._state = _State()
         self.report = ProduceReport(source=source)
         self._connection: pika.SelectConnection | None = None
@@ -148,17 +173,27 @@ class ConfirmingPublisher:
         self._timer: object | None = None
 
     def run(self) -> ProduceReport:
-        """Publish everything; reconnect with backoff; return the report."""
+        """Publish everything; reconnect with backoff; return the report.
+
+        Always returns: at the end of the source, when the broker stayed away longer than
+        broker_wait_s, or soon after the stop event is set (SIGTERM).
+        """
+        started = time.monotonic()
         # NOTE: declare with a short blocking connection (also waits for a starting broker);
         # the async connection below only publishes.
-        declaring = connect(self.settings, name="creditstream-producer-setup")
+        try:
+            declaring = connect(self.settings, name="creditstream-producer-setup", stop=self._stop)
+        except ConnectInterrupted:
+            return self._finish_report(started, "SIGTERM while waiting for the broker")
         try:
             self.topology.declare(declaring.channel())
         finally:
             declaring.close()
-        started = time.monotonic()
         delay, outage_started = 0.2, None
+        sleep = interruptible_sleep(self._stop)
         while not self._state.finished:
+            if self._stop.is_set():
+                return self._finish_report(started, "SIGTERM")
             progress_before = self.report.records
             self._connection = pika.SelectConnection(
                 connection_parameters(self.settings, name="creditstream-producer"),
@@ -174,25 +209,35 @@ class ConfirmingPublisher:
             outage_started = outage_started or time.monotonic()
             if time.monotonic() - outage_started > self.settings.broker_wait_s:
                 log.error("broker unreachable for %.0fs; giving up", self.settings.broker_wait_s)
-                break
+                return self._finish_report(started, "broker unreachable")
             self.report.reconnects += 1
             log.warning("broker connection lost; reconnecting in %.1fs", delay)
-            time.sleep(delay)
+            sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
-        self.report.seconds = time.monotonic() - started
-        self._count_unconfirmed()
-        return self.report
+        return self._finish_report(started, "SIGTERM" if self._state.stopping else None)
 
-    def _count_unconfirmed(self) -> None:
-        state = self._state
+    def _finish_report(self, started: float, stopped: str | None) -> ProduceReport:
+        """Fill in the timing and what was not confirmed (never reads the rest of the source:
+        it may be endless)."""
+        state, report = self._state, self.report
+        report.seconds = time.monotonic() - started
+        report.source_finished = state.exhausted
+        report.stopped = None if report.source_finished else stopped
         left = list(state.in_flight.values()) + list(state.retry) + state.gave_up
-        if not state.exhausted:
-            left.extend(self._messages)
-        self.report.unconfirmed = sum(m.n_records for m in left)
-        self.report.unconfirmed_messages = len(left)
+        report.unconfirmed_messages = len(left)
+        report.unconfirmed = sum(m.n_records for m in left)
+        if not report.source_finished and self._total_records is not None:
+            report.unconfirmed = max(report.unconfirmed, self._total_records - report.records)
+        if report.stopped:
+            log.warning("producer stopped (%s): %s", report.stopped, report.summary_line())
+        return report
 
     # --- connection callbacks -------------------------------------------------------------
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
+        # NOTE: flow control is per connection: a new one starts unblocked, and the broker
+        # never sends connection.unblocked to a connection it did not block.
+        self._state.blocked = False
+        connection.ioloop.call_later(_STOP_POLL_S, self._watch_stop)
         connection.add_on_connection_blocked_callback(self._on_blocked)
         connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_channel_open)
@@ -225,6 +270,30 @@ class ConfirmingPublisher:
             log.warning("channel closed by the broker: %s", reason)
             self._connection.close()
 
+    def _watch_stop(self) -> None:
+        """Poll the stop event from the ioloop (signal handlers only set it)."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            return
+        if self._stop.is_set() and not self._state.stopping:
+            log.warning(
+                "stop requested: no new messages; waiting up to %.0fs for %d confirms",
+                _STOP_GRACE_S,
+                len(self._state.in_flight),
+            )
+            self._state.stopping = True
+            connection.ioloop.call_later(_STOP_GRACE_S, self._give_up_waiting)
+            self._finish_if_done()
+        connection.ioloop.call_later(_STOP_POLL_S, self._watch_stop)
+
+    def _give_up_waiting(self) -> None:
+        state = self._state
+        if not state.finished:
+            log.error("%d publishes still unconfirmed after the stop grace", len(state.in_flight))
+            state.finished = True
+            if self._connection is not None and self._connection.is_open:
+                self._connection.close()
+
     def _on_blocked(self, _connection: Any, _frame: Any) -> None:
         log.warning("broker applies flow control (connection.blocked); pausing publishes")
         self._state.blocked = True
@@ -237,6 +306,8 @@ class ConfirmingPublisher:
     # --- publishing -----------------------------------------------------------------------
     def _next_message(self) -> OutgoingMessage | None:
         state = self._state
+        if state.stopping:
+            return None
         if state.retry:
             return state.retry.popleft()
         if state.exhausted:
@@ -255,7 +326,7 @@ class ConfirmingPublisher:
         for _ in range(_PUBLISH_SLICE):
             if len(state.in_flight) >= window:
                 return  # the next confirm calls us again
-            if not state.retry and not state.exhausted:
+            if not state.retry and not state.exhausted and not state.stopping:
                 wait = self._pacer.delay(
                     time.monotonic(), state.fresh_records, state.fresh_messages
                 )
@@ -320,7 +391,8 @@ class ConfirmingPublisher:
 
     def _finish_if_done(self) -> None:
         state = self._state
-        if state.exhausted and not state.retry and not state.in_flight and not state.finished:
+        drained = state.stopping or (state.exhausted and not state.retry)
+        if drained and not state.in_flight and not state.finished:
             state.finished = True
             if self._connection is not None and self._connection.is_open:
                 self._connection.close()
@@ -375,8 +447,13 @@ def run_producer(
     repeat: int = 1,
     progress: bool | None = None,
     records: Iterable[dict[str, Any]] | None = None,
+    stop: threading.Event | None = None,
 ) -> ProduceReport:
-    """Publish records (given, or from the configured source) and report what was confirmed."""
+    """Publish records (given, or from the configured source) and report what was confirmed.
+
+    Setting `stop` (e.g. from a SIGTERM handler) ends the run early: no new messages, the
+    outstanding confirms get a short grace, the report says what was not confirmed.
+    """
     if records is not None:
         stream: Iterator[dict[str, Any]] = iter(records)
         total, label = None, "caller-supplied records"
@@ -392,7 +469,9 @@ def run_producer(
     pacer = Pacer(rate=rate, interval=interval)
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
-        return ConfirmingPublisher(settings, messages, source=label, pacer=pacer).run()
+        return ConfirmingPublisher(
+            settings, messages, source=label, pacer=pacer, total_records=total, stop=stop
+        ).run()
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -417,5 +496,7 @@ def run_producer(
             source=label,
             pacer=pacer,
             on_confirmed=lambda n: bar.advance(task, n),
+            total_records=total,
+            stop=stop,
         )
         return publisher.run()

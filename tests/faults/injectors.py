@@ -8,7 +8,8 @@
   `ALTER DATABASE … ALLOW_CONNECTIONS false` + `pg_terminate_backend` (never a server restart);
 - broker flow control: the real memory alarm (`set_vm_memory_high_watermark`), held for seconds
   and always restored;
-- resident memory of a process tree, sampled (psutil).
+- resident memory of a process tree, sampled (psutil);
+- a broker gone for good: a vhost of the test's own, deleted under its clients.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import psutil
@@ -244,3 +245,30 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.1) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+# --- a broker that goes away for good -----------------------------------------------------
+@contextlib.contextmanager
+def dedicated_vhost(amqp_url: str = AMQP_URL) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A vhost of the test's own: yields its AMQP URL (same user) and a function deleting it.
+
+    Deleting the vhost closes its connections and refuses every new one: to its clients the
+    broker is gone for good, while nobody else on the machine notices.
+    """
+    name = f"cs-gone-{uuid.uuid4().hex[:10]}"
+    user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
+    rabbitmqctl("add_vhost", name)
+    deleted = False
+
+    def delete() -> None:
+        nonlocal deleted
+        if not deleted:
+            rabbitmqctl("delete_vhost", name)
+            deleted = True
+
+    try:
+        rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        parts = urllib.parse.urlsplit(amqp_url)
+        yield urllib.parse.urlunsplit(parts._replace(path="/" + name)), delete
+    finally:
+        delete()

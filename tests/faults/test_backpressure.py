@@ -8,6 +8,7 @@ Flow control is the broker's real memory alarm, raised for ~3 s and always lower
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,13 @@ import yaml
 from creditstream.settings import REPO_ROOT, Settings
 from tests.faults.conftest import Workload, verdict
 from tests.faults.fleet import Fleet
-from tests.faults.injectors import RssSampler, current_watermark, memory_alarm, wait_for
+from tests.faults.injectors import (
+    RssSampler,
+    close_connections_of,
+    current_watermark,
+    memory_alarm,
+    wait_for,
+)
 from tests.faults.ledger import record_run
 from tests.helpers import AMQP_URL, Processes, count_rows, wait_until
 
@@ -133,3 +140,37 @@ def test_flow_control_is_honoured_and_memory_stays_bounded_with_a_backlog(
     assert result == type(result)(stored=n, lost=0, duplicated=0, unexpected=0)
     for label, peak in rss.peaks.items():
         assert peak < budget, f"{label} peaked at {peak / MIB:.0f} MiB > {budget / MIB:.0f} MiB"
+
+
+@pytest.mark.timeout(300)
+def test_producer_resumes_after_its_connection_is_cut_while_blocked(
+    make_settings: Callable[..., Settings], processes: Processes
+) -> None:
+    """Blocked by a real memory alarm, the producer's connection is force-closed: the producer
+    must not carry "blocked" over to its new connection (the broker never unblocks a
+    connection it never blocked), so it finishes once the alarm is gone."""
+    settings = make_settings(reconnect_max_s=1.0)
+    n = 3_000
+    watermark = current_watermark()
+    producer = processes.start(
+        ["produce", "--synthetic", "--limit", str(n), "--rate", "500", "--no-progress"],
+        settings,
+        "producer",
+    )
+    log = Path(producer.log_path)  # type: ignore[attr-defined]
+    wait_until(
+        lambda: ready_messages(settings) >= 200, timeout=120, interval=0.05, message="publishing"
+    )
+    with memory_alarm(watermark):
+        blocked = wait_for(lambda: "connection.blocked" in log.read_text(), timeout=30)
+        closed = close_connections_of(settings.requests_queue, "cut while blocked")
+        cut = wait_for(lambda: "broker connection closed" in log.read_text(), timeout=60)
+    try:
+        code: int | None = producer.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    output = log.read_text()
+    assert blocked and closed and cut, (closed, output[-2000:])
+    assert code == 0, f"producer still waiting 120 s after the alarm cleared: {output[-2000:]}"
+    assert f"produced {n} records" in output and "NOT CONFIRMED" not in output
+    assert ready_messages(settings) >= n

@@ -54,10 +54,30 @@ def test_pacer(
 
 
 def test_summary_line_flags_unconfirmed() -> None:
-    report = ProduceReport(source="x", records=10, messages=10, seconds=2.0)
+    report = ProduceReport(source="x", records=10, messages=10, seconds=2.0, source_finished=True)
     assert "5 records/s" in report.summary_line()
     report.unconfirmed = 3
     assert "NOT CONFIRMED: 3 records" in report.summary_line()
+
+
+@pytest.mark.parametrize(
+    ("finished", "unconfirmed", "stopped", "complete", "says"),
+    [
+        pytest.param(True, 0, None, True, None, id="complete"),
+        pytest.param(True, 2, None, False, "NOT CONFIRMED: 2", id="unconfirmed"),
+        pytest.param(False, 0, "SIGTERM", False, "STOPPED (SIGTERM)", id="stopped"),
+        pytest.param(False, 0, "broker unreachable", False, "broker unreachable", id="gave-up"),
+    ],
+)
+def test_report_is_complete_only_when_the_source_ended_and_all_confirmed(
+    finished: bool, unconfirmed: int, stopped: str | None, complete: bool, says: str | None
+) -> None:
+    report = ProduceReport(
+        source="x", records=5, unconfirmed=unconfirmed, source_finished=finished, stopped=stopped
+    )
+    assert report.complete is complete
+    line = report.summary_line()
+    assert (says in line) if says else ("STOPPED" not in line and "NOT CONFIRMED" not in line)
 
 
 def test_dataset_records_turns_whole_floats_into_ints() -> None:
