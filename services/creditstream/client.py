@@ -3,6 +3,10 @@
 pika is not thread-safe, so one I/O thread owns the connection; callers on any thread hand it
 work with `connection.add_callback_threadsafe` and wait on a Future. Replies arrive through
 RabbitMQ's direct reply-to pseudo-queue (no queue per caller to declare or clean up).
+
+A caller may give up on its Future (cancel, or time out, which cancels it): the call is then
+forgotten at once, a reply arriving later is dropped, and nothing it does can stop the I/O
+thread that every other caller depends on.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +68,17 @@ SMOKE_RECORD: dict[str, Any] = {
 
 class PredictionError(RuntimeError):
     """No usable reply: timeout, unroutable request, lost connection or a rejected record."""
+
+
+def _settle(future: Future[Any], *, result: Any = None, error: BaseException | None = None) -> None:
+    """Complete a Future unless its caller already cancelled it (never raises)."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass  # cancelled (or settled) meanwhile by its caller
 
 
 class PredictionClient:
@@ -123,6 +138,10 @@ class PredictionClient:
             self._failure = exc
             log.error("client lost the broker connection: %s", exc)
             self._fail_all(PredictionError(f"broker connection lost: {exc}"))
+        except Exception as exc:  # NOTE: fail every caller now, not at their timeouts
+            self._failure = exc
+            log.exception("client I/O thread failed")
+            self._fail_all(PredictionError(f"client I/O failed: {exc!r}"))
 
     def _on_reply(
         self, _channel: Any, _method: Any, props: pika.BasicProperties, body: bytes
@@ -130,11 +149,13 @@ class PredictionClient:
         with self._lock:
             future = self._pending.pop(props.correlation_id or "", None)
         if future is None:
-            return  # a late reply for a caller that already timed out
+            return  # a late reply for a caller that gave up (timed out or cancelled)
         try:
-            future.set_result(orjson.loads(body))
+            reply = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            future.set_exception(PredictionError(f"unreadable reply: {exc}"))
+            _settle(future, error=PredictionError(f"unreadable reply: {exc}"))
+        else:
+            _settle(future, result=reply)
 
     def _on_returned(
         self, _channel: Any, _method: Any, props: pika.BasicProperties, _body: bytes
@@ -142,10 +163,11 @@ class PredictionClient:
         with self._lock:
             future = self._pending.pop(props.correlation_id or "", None)
         if future is not None:
-            future.set_exception(
-                PredictionError(
+            _settle(
+                future,
+                error=PredictionError(
                     f"request unroutable: no queue bound to {self.topology.requests_exchange!r}"
-                )
+                ),
             )
 
     def _publish_queued(self) -> None:
@@ -153,6 +175,10 @@ class PredictionClient:
         self._wake_scheduled.clear()
         while self._outbox:
             body, correlation_id = self._outbox.popleft()
+            with self._lock:
+                wanted = correlation_id in self._pending
+            if not wanted:
+                continue  # its caller gave up before it was sent
             self._channel.basic_publish(
                 self.topology.requests_exchange,
                 REQUEST_ROUTING_KEY,
@@ -172,8 +198,7 @@ class PredictionClient:
         with self._lock:
             pending, self._pending = self._pending, {}
         for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
+            _settle(future, error=error)
 
     # --- caller API (any thread) ----------------------------------------------------------
     def submit(self, payload: dict[str, Any] | list[dict[str, Any]]) -> Future[Any]:
@@ -181,19 +206,32 @@ class PredictionClient:
         if self._connection is None or self._failure is not None or self._closing.is_set():
             raise PredictionError("client is not connected")
         correlation_id = uuid.uuid4().hex
+        body = encode_json(payload)
         future: Future[Any] = Future()
         with self._lock:
             self._pending[correlation_id] = future
-        self._outbox.append((encode_json(payload), correlation_id))
+        # NOTE: however the Future ends (reply, error, cancel, timeout), the call is forgotten.
+        future.add_done_callback(lambda _done: self._forget(correlation_id))
+        self._outbox.append((body, correlation_id))
         # NOTE: one wake-up of the I/O thread per burst of submits, not one per request.
         if not self._wake_scheduled.is_set():
             self._wake_scheduled.set()
             self._connection.add_callback_threadsafe(self._publish_queued)
         return future
 
+    @property
+    def in_flight(self) -> int:
+        """Calls sent (or queued) whose reply is still awaited."""
+        with self._lock:
+            return len(self._pending)
+
+    def _forget(self, correlation_id: str) -> None:
+        with self._lock:
+            self._pending.pop(correlation_id, None)
+
     def predict(self, record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
         """Score one record; raises PredictionError on timeout or if the record was rejected."""
-        reply = self._wait(self.submit(record), timeout)
+        reply = self._wait([self.submit(record)], timeout)[0]
         if "error" in reply:
             raise PredictionError(f"record rejected: {reply['error']}: {reply.get('detail')}")
         return dict(reply)
@@ -201,16 +239,23 @@ class PredictionClient:
     def predict_many(
         self, records: list[dict[str, Any]], *, timeout: float = 30.0
     ) -> list[dict[str, Any]]:
-        """Score records concurrently, one message each; results (or error entries) in order."""
+        """Score records concurrently, one message each; results (or error entries) in order.
+
+        `timeout` bounds the whole call; on failure every unanswered call is cancelled.
+        """
         futures = [self.submit(record) for record in records]
-        return [dict(self._wait(future, timeout)) for future in futures]
+        return [dict(reply) for reply in self._wait(futures, timeout)]
 
     @staticmethod
-    def _wait(future: Future[Any], timeout: float) -> Any:
+    def _wait(futures: list[Future[Any]], timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
         try:
-            return future.result(timeout=timeout)
+            return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
         except FutureTimeout as exc:
             raise PredictionError(f"no reply within {timeout:g}s: is a consumer running?") from exc
+        finally:
+            for future in futures:
+                future.cancel()  # NOTE: no-op for answered calls; forgets the others
 
 
 def run_smoke_test(settings: Settings, *, timeout: float) -> int:
