@@ -347,16 +347,30 @@ def train(
             "--download/--no-download", help="Download the UCI archive if no data is found."
         ),
     ] = False,
+    allow_unpinned_data: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unpinned-data",
+            help="Train on data that is not the pinned UCI data set (its content digest "
+            "differs), on purpose.",
+        ),
+    ] = False,
 ) -> None:
     """Select a model by CV, fit it, export ONNX and write the model card and report."""
     from creditstream.data.dataset import DatasetError
+    from creditstream.data.download import PINNED_CONTENT_SHA256
     from creditstream.data.source import DataSourceError, resolve_data_path
     from creditstream.training.train import run_training
 
     settings = build_settings(data_path=data)
     try:
         path = resolve_data_path(settings, allow_download=allow_download)
-        result = run_training(settings, path, out_dir or settings.model_path.parent)
+        result = run_training(
+            settings,
+            path,
+            out_dir or settings.model_path.parent,
+            expected_content_sha256=None if allow_unpinned_data else PINNED_CONTENT_SHA256,
+        )
     except (DatasetError, DataSourceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=1) from exc

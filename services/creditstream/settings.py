@@ -104,6 +104,18 @@ class Settings(BaseSettings):
         "https://archive.ics.uci.edu/static/public/350/default+of+credit+card+clients.zip",
         description="Official UCI archive (data set id 350).",
     )
+    download_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest archive `creditstream download` accepts (the official one is a "
+        "few MB); a larger one is refused while it downloads.",
+    )
+    download_max_extracted_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Largest .xls `creditstream download` extracts from the archive (the "
+        "official one is a few MB); a bigger member (a zip bomb) is refused.",
+    )
     model_path: Path = Field(
         default_factory=lambda: _default_models_dir() / "credit_default.onnx",
         description="ONNX model file (preprocessing inside the graph).",

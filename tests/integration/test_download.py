@@ -70,12 +70,30 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves files; under /no-length/ without a Content-Length (read until the server closes),
+    as a server that does not say how much is coming."""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/no-length/"):
+            super().do_GET()
+            return
+        content = (Path(self.directory) / self.path.removeprefix("/no-length/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/zip")
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A stdlib HTTP server on 127.0.0.1 serving files from a temp dir."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler = partial(_Handler, directory=str(root))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -87,9 +105,12 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=5)
 
 
-def settings_for(url: str, tmp_path: Path) -> Settings:
+def settings_for(url: str, tmp_path: Path, **limits: int) -> Settings:
     return Settings(
-        uci_archive_url=url, cache_dir=tmp_path / "cache", data_path=tmp_path / "absent.csv"
+        uci_archive_url=url,
+        cache_dir=tmp_path / "cache",
+        data_path=tmp_path / "absent.csv",
+        **limits,  # type: ignore[arg-type]
     )
 
 
@@ -103,8 +124,11 @@ def test_download_verifies_and_caches(server: tuple[str, Path], tmp_path: Path) 
     assert result.path == cached_xls_path(settings.cache_dir)
     assert result.rows == 60 and result.content_sha256 == expected
     pd.testing.assert_frame_equal(load_dataset(result.path), load_dataset_from(frame, tmp_path))
-    assert resolve_data_path(settings) == result.path
     assert (settings.cache_dir / "uci_download.json").is_file()
+    # NOTE: verified against the digest it was given, but not the pinned data set: the cache is
+    # checked again against the pinned digest before use (see the test below for real data).
+    with pytest.raises(DataSourceError, match="fails verification"):
+        resolve_data_path(settings)
 
 
 def load_dataset_from(frame: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
@@ -205,3 +229,67 @@ def test_resolve_prefers_the_given_path_then_downloads(
     path = resolve_data_path(absent, allow_download=True)
     assert path == cached_xls_path(absent.cache_dir)
     assert content_sha256(load_dataset(path, expect_full=True)) == PINNED_CONTENT_SHA256
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "limits", "expected"),
+    [
+        pytest.param(
+            "uci.zip",
+            zip_bytes({XLS_MEMBER: np.random.default_rng(1).bytes(64 * 1024)}),
+            {"download_max_bytes": 16 * 1024},
+            "larger than the 16384-byte limit",
+            id="archive-too-big",
+        ),
+        pytest.param(
+            "no-length/uci.zip",
+            zip_bytes({XLS_MEMBER: np.random.default_rng(2).bytes(64 * 1024)}),
+            {"download_max_bytes": 16 * 1024},
+            "larger than the 16384-byte limit",
+            id="archive-too-big-without-length",
+        ),
+        pytest.param(
+            "uci.zip",
+            zip_bytes({XLS_MEMBER: bytes(64 * MIB)}),  # NOTE: ~64 KB zipped: a zip bomb
+            {"download_max_extracted_bytes": MIB},
+            "larger than the 1048576-byte limit",
+            id="zip-bomb",
+        ),
+    ],
+)
+def test_download_size_caps(
+    server: tuple[str, Path],
+    tmp_path: Path,
+    path: str,
+    payload: bytes,
+    limits: dict[str, int],
+    expected: str,
+) -> None:
+    base, root = server
+    (root / "uci.zip").write_bytes(payload)
+    settings = settings_for(f"{base}/{path}", tmp_path, **limits)
+    with pytest.raises(DownloadError) as caught:
+        download_uci(settings, expect_full=False)
+    assert expected in str(caught.value)
+    assert [p.name for p in settings.cache_dir.iterdir()] == [], "nothing left in the cache"
+
+
+def test_cached_download_is_verified_again_before_use(
+    server: tuple[str, Path], tmp_path: Path
+) -> None:
+    if not DATA.is_file():
+        pytest.skip(f"UCI data set absent at {DATA}")
+    base, root = server
+    (root / "uci.zip").write_bytes(full_archive())
+    settings = settings_for(f"{base}/uci.zip", tmp_path)
+    cached = resolve_data_path(settings, allow_download=True)
+    assert cached == cached_xls_path(settings.cache_dir)
+    # Someone with write access to the cache swaps the verified file for other data.
+    cached.write_bytes(xls_bytes(fixture_frame()))
+    with pytest.raises(DataSourceError, match="fails verification"):
+        resolve_data_path(settings)
+    again = resolve_data_path(settings, allow_download=True)  # replaced by a fresh download
+    assert content_sha256(load_dataset(again, expect_full=True)) == PINNED_CONTENT_SHA256

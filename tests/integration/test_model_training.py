@@ -131,6 +131,19 @@ def test_committed_full_data_auc(trained: dict[str, Any]) -> None:
 
 
 @needs_data
+def test_train_refuses_data_that_is_not_the_pinned_data_set(tmp_path: Path) -> None:
+    frame = load_dataset(DATA, expect_full=True)
+    frame.loc[frame.index[0], "LIMIT_BAL"] += 10_000  # one value of 30,000 rows changed
+    altered = tmp_path / "altered.csv"
+    frame.to_csv(altered, index=False)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["train", "--data", str(altered), "--out-dir", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "does not match the pinned digest" in result.output
+    assert not out.exists(), "nothing trained, nothing written"
+
+
+@needs_data
 @pytest.mark.slow
 def test_holdout_rows_choose_nothing(trained: dict[str, Any], tmp_path: Path) -> None:
     """Scramble the hold-out rows' features: selection, CV and threshold must not move."""
@@ -142,7 +155,9 @@ def test_holdout_rows_choose_nothing(trained: dict[str, Any], tmp_path: Path) ->
     frame.loc[rows, list(FEATURES)] = scrambled
     path = tmp_path / "scrambled.csv"
     frame.to_csv(path, index=False)
-    card = run_training(Settings(), path, tmp_path / "out", plot=False).card
+    card = run_training(
+        Settings(), path, tmp_path / "out", plot=False, expected_content_sha256=None
+    ).card
     original = trained["card"]
     assert card["selection"]["candidates"] == original["selection"]["candidates"]
     assert card["threshold"] == original["threshold"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 import urllib.error
@@ -29,6 +28,8 @@ MANIFEST_NAME: Final = "uci_download.json"
 # (tests/integration/test_download.py checks both, and that the .xls layout normalises alike).
 PINNED_CONTENT_SHA256: Final = "f7b7d22d1f8dd27dadb25d4b78d8a4ae7c441ab6cc12d1ea58c0efc54d4d1788"
 _CHUNK: Final = 1 << 20
+_MAX_BYTES: Final = "CREDITSTREAM_DOWNLOAD_MAX_BYTES"
+_MAX_EXTRACTED: Final = "CREDITSTREAM_DOWNLOAD_MAX_EXTRACTED_BYTES"
 
 
 class DownloadError(RuntimeError):
@@ -50,11 +51,27 @@ def cached_xls_path(cache_dir: Path) -> Path:
     return cache_dir / XLS_MEMBER
 
 
-def _fetch(url: str, target: Path, timeout: float) -> str:
+def _too_big(what: str, limit: int, setting: str) -> DownloadError:
+    return DownloadError(
+        f"{what} is larger than the {limit}-byte limit ({setting}); refused. The official "
+        "archive is a few MB: this is not it (or raise the limit on purpose)."
+    )
+
+
+def _fetch(url: str, target: Path, timeout: float, max_bytes: int) -> str:
+    """Stream `url` into `target`, at most `max_bytes` (announced or not); its sha256."""
     digest = hashlib.sha256()
+    received = 0
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, target.open("wb") as out:
+            announced = response.headers.get("Content-Length")
+            if announced is not None and announced.isdigit() and int(announced) > max_bytes:
+                raise _too_big(f"{url} ({announced} bytes announced)", max_bytes, _MAX_BYTES)
+            # NOTE: a missing or lying Content-Length is not trusted: count what arrives.
             for chunk in iter(lambda: response.read(_CHUNK), b""):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_big(url, max_bytes, _MAX_BYTES)
                 digest.update(chunk)
                 out.write(chunk)
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
@@ -62,20 +79,46 @@ def _fetch(url: str, target: Path, timeout: float) -> str:
     return digest.hexdigest()
 
 
-def _extract_xls(archive: Path, target: Path, url: str) -> None:
+def _extract_xls(archive: Path, target: Path, url: str, max_bytes: int) -> None:
+    """Extract the .xls member, at most `max_bytes` of it (declared or actual): no zip bomb."""
     try:
         with zipfile.ZipFile(archive) as bundle:
-            members = [name for name in bundle.namelist() if name.endswith(XLS_MEMBER)]
+            members = [info for info in bundle.infolist() if info.filename.endswith(XLS_MEMBER)]
             if not members:
                 raise DownloadError(
                     f"{url} holds no {XLS_MEMBER!r} (members: {', '.join(bundle.namelist())})"
                 )
-            with bundle.open(members[0]) as source, target.open("wb") as out:
-                shutil.copyfileobj(source, out, _CHUNK)
+            member = members[0]
+            what = f"{member.filename!r} in {url}"
+            if member.file_size > max_bytes:
+                raise _too_big(f"{what} ({member.file_size} bytes)", max_bytes, _MAX_EXTRACTED)
+            written = 0
+            with bundle.open(member) as source, target.open("wb") as out:
+                for chunk in iter(lambda: source.read(_CHUNK), b""):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise _too_big(what, max_bytes, _MAX_EXTRACTED)
+                    out.write(chunk)
     except zipfile.BadZipFile as exc:
+        with archive.open("rb") as head:
+            first = head.read(16)
         raise DownloadError(
-            f"{url} is not a valid zip archive ({exc}); first bytes: {archive.read_bytes()[:16]!r}"
+            f"{url} is not a valid zip archive ({exc}); first bytes: {first!r}"
         ) from exc
+
+
+def verify_cached(path: Path, expected_content_sha256: str = PINNED_CONTENT_SHA256) -> None:
+    """Check a cached .xls again before it is used: the cache is writable, so its mere
+    presence proves nothing. Raises DownloadError when it is not the pinned data set."""
+    try:
+        frame = load_dataset(path, expect_full=True)
+    except DatasetError as exc:
+        raise DownloadError(f"{path} is not a valid data set: {exc}") from exc
+    digest = content_sha256(frame)
+    if digest != expected_content_sha256:
+        raise DownloadError(
+            f"{path}: content sha256 {digest} is not the pinned {expected_content_sha256}"
+        )
 
 
 def download_uci(
@@ -94,9 +137,9 @@ def download_uci(
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as scratch:
         archive = Path(scratch) / "archive.zip"
-        archive_digest = _fetch(url, archive, timeout)
+        archive_digest = _fetch(url, archive, timeout, settings.download_max_bytes)
         extracted = Path(scratch) / XLS_MEMBER
-        _extract_xls(archive, extracted, url)
+        _extract_xls(archive, extracted, url, settings.download_max_extracted_bytes)
         try:
             frame = load_dataset(extracted, expect_full=expect_full)
         except DatasetError as exc:

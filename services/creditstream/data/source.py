@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from creditstream.data.download import cached_xls_path
+from creditstream.data.download import DownloadError, cached_xls_path, verify_cached
 
 if TYPE_CHECKING:
     from creditstream.settings import Settings
@@ -16,14 +16,25 @@ class DataSourceError(FileNotFoundError):
 
 
 def resolve_data_path(settings: Settings, *, allow_download: bool = False) -> Path:
-    """settings.data_path if it exists; else the verified cached download; else download or fail."""
+    """settings.data_path if it exists; else the cached download, verified again; else download
+    (when allowed) or fail."""
     if settings.data_path.is_file():
         return settings.data_path
     cached = cached_xls_path(settings.cache_dir)
     if cached.is_file():
-        return cached
+        try:
+            verify_cached(cached)
+        except DownloadError as exc:
+            if not allow_download:
+                raise DataSourceError(
+                    f"the cached download fails verification ({exc}); run `creditstream "
+                    "download` again"
+                ) from exc
+            cached.unlink()  # NOTE: not the data set: replaced by a fresh, verified download
+        else:
+            return cached
     if allow_download:
-        from creditstream.data.download import DownloadError, download_uci
+        from creditstream.data.download import download_uci
 
         try:
             return download_uci(settings).path

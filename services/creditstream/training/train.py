@@ -15,7 +15,8 @@ import numpy as np
 from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
 
 from creditstream.contract import FEATURE_SPECS, FEATURES, LABEL_FIELD
-from creditstream.data.dataset import content_sha256, file_sha256, load_dataset
+from creditstream.data.dataset import DatasetError, content_sha256, file_sha256, load_dataset
+from creditstream.data.download import PINNED_CONTENT_SHA256
 from creditstream.synthetic import build_synthetic_section
 from creditstream.training.features import ENGINEERED_FEATURES, register_converter
 from creditstream.training.pipeline import (
@@ -144,12 +145,37 @@ def _candidate_rows(scores: list[CandidateScore], best: CandidateScore) -> list[
     ]
 
 
+def check_pinned(frame: Any, data_path: Path, expected_content_sha256: str | None) -> str:
+    """The data's content sha256, if it is the pinned data set (None: any data, on purpose)."""
+    digest = content_sha256(frame)
+    if expected_content_sha256 is not None and digest != expected_content_sha256:
+        raise DatasetError(
+            data_path,
+            [
+                f"content sha256 {digest} does not match the pinned digest "
+                f"{expected_content_sha256} of the UCI data set 350 ({len(frame)} rows); "
+                "refusing to train on it (--allow-unpinned-data trains on other data on purpose)"
+            ],
+        )
+    return digest
+
+
 def run_training(
-    settings: Settings, data_path: Path, out_dir: Path, *, plot: bool = True
+    settings: Settings,
+    data_path: Path,
+    out_dir: Path,
+    *,
+    plot: bool = True,
+    expected_content_sha256: str | None = PINNED_CONTENT_SHA256,
 ) -> TrainingResult:
-    """Train on the hold-out split of `data_path`, write the artefacts into `out_dir`."""
+    """Train on the hold-out split of `data_path`, write the artefacts into `out_dir`.
+
+    The data must be the pinned data set (content digest) unless `expected_content_sha256` is
+    None.
+    """
     started = time.perf_counter()
     frame = load_dataset(data_path, expect_full=False)
+    data_digest = check_pinned(frame, data_path, expected_content_sha256)
     split = split_holdout(frame)
     seed = settings.seed
 
@@ -195,7 +221,7 @@ def run_training(
         "data": {
             "file": data_path.name,
             "file_sha256": file_sha256(data_path),
-            "content_sha256": content_sha256(frame),
+            "content_sha256": data_digest,
             "rows": len(frame),
             "default_rate": float(all_y.mean()),
         },
