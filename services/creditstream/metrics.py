@@ -166,7 +166,7 @@ class HealthServer:
 
     def __init__(
         self,
-        host: str,
+        host: str | list[str],
         port: int,
         health: HealthState,
         metrics: ConsumerMetrics,
@@ -185,7 +185,7 @@ class HealthServer:
         self._server = self._loop.run_until_complete(
             asyncio.start_server(self._serve, host, port, limit=max_request_bytes)
         )
-        self.host = host
+        self.host = host if isinstance(host, str) else ",".join(host)
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="health-http", daemon=True
@@ -195,9 +195,9 @@ class HealthServer:
     def from_settings(
         cls, settings: Settings, health: HealthState, metrics: ConsumerMetrics
     ) -> HealthServer:
-        """The server on settings.http_host:http_port with the configured limits."""
+        """The server on settings.http_hosts:http_port with the configured limits."""
         return cls(
-            settings.http_host,
+            settings.http_hosts,
             settings.http_port,
             health,
             metrics,

@@ -147,9 +147,10 @@ class Settings(BaseSettings):
     )
     http_host: str = Field(
         "127.0.0.1",
-        description="Bind address of /healthz, /readyz, /metrics (IPv4 or IPv6 literal, or a "
-        "name). Loopback by default; the chart binds the pod IP (downward API status.podIP), "
-        "which the kubelet probes and Prometheus scrapes.",
+        description="Bind address(es) of /healthz, /readyz, /metrics, comma-separated (IPv4 or "
+        "IPv6 literals, or names). Loopback by default; the chart binds the pod IP (downward "
+        "API status.podIP), which the kubelet probes and Prometheus scrapes, and loopback, "
+        "which `kubectl port-forward` reaches.",
     )
     http_port: int = Field(
         8000, ge=0, le=65_535, description="Port of the HTTP endpoints (0: off)."
@@ -224,6 +225,12 @@ class Settings(BaseSettings):
             for name, info in cls.model_fields.items()
             if SecretStr in (info.annotation, *get_args(info.annotation))
         ]
+
+    @property
+    def http_hosts(self) -> list[str]:
+        """The addresses the HTTP endpoints bind, without duplicates, in the given order."""
+        hosts = [host.strip() for host in self.http_host.split(",") if host.strip()]
+        return list(dict.fromkeys(hosts)) or ["127.0.0.1"]
 
     @property
     def resolved_model_card_path(self) -> Path:

@@ -63,6 +63,7 @@ def secret_data(docs: Iterable[Doc]) -> dict[str, dict[str, str]]:
 # A downward-API value (fieldRef) in resolve_env's result: FIELD_REF + the field path.
 FIELD_REF = "fieldRef:"
 POD_IP = FIELD_REF + "status.podIP"
+_DEPENDENT_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 # Addresses the kubelet's probes (sent to the pod IP) can reach.
 _PROBE_REACHABLE_HOSTS = {POD_IP, "0.0.0.0", "::", ""}
 
@@ -79,7 +80,10 @@ def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, s
             env.update((cm or {}).get("data") or {})
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = str(item["value"])
+            # NOTE: $(NAME) refers to a variable defined before it, as the kubelet expands it.
+            env[item["name"]] = _DEPENDENT_VAR.sub(
+                lambda m: str(env.get(m.group(1), m.group(0))), str(item["value"])
+            )
         elif "secretKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = (ref["name"], ref["key"])
@@ -259,10 +263,10 @@ def probe_problems(docs: list[Doc]) -> list[str]:
             env = resolve_env(docs, container)
             port = int(str(env.get("CREDITSTREAM_HTTP_PORT", "8000")))
             # NOTE: the process binds loopback unless told otherwise; probes go to the pod IP.
-            host = env.get("CREDITSTREAM_HTTP_HOST", "127.0.0.1")
-            if host not in _PROBE_REACHABLE_HOSTS:
+            hosts = str(env.get("CREDITSTREAM_HTTP_HOST", "127.0.0.1"))
+            if not _PROBE_REACHABLE_HOSTS & {host.strip() for host in hosts.split(",")}:
                 problems.append(
-                    f"{where}: the process binds {host} (CREDITSTREAM_HTTP_HOST) but the "
+                    f"{where}: the process binds {hosts} (CREDITSTREAM_HTTP_HOST) but the "
                     "kubelet probes the pod IP: set it from the downward API status.podIP"
                 )
             named = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}

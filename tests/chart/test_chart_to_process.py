@@ -130,8 +130,9 @@ def process_env(
             secret, key = value
             assert key in secrets[secret], f"{name}: Secret {secret} has no key {key}"
             value = _local_url(secrets[secret][key], services, isolation)
-        elif value == POD_IP:
-            value = "127.0.0.1"  # NOTE: this machine's "pod IP", where the probes below go
+        else:
+            # NOTE: this machine's "pod IP", where the probes below go.
+            value = value.replace(POD_IP, "127.0.0.1")
         env[name] = paths.get(value, value) if isinstance(value, str) else value
         if isinstance(env[name], Path):
             env[name] = str(env[name])

@@ -45,16 +45,23 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
+def start_consumer(
+    make_settings: Callable[..., Settings], processes: Processes, **overrides: object
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real `creditstream consume` with its HTTP endpoints on a free port."""
+    port = free_port()
+    settings = make_settings(http_port=port, http_request_timeout_s=REQUEST_TIMEOUT_S, **overrides)
+    process = processes.start(["consume"], settings, "consumer")
+    wait_until(lambda: process.poll() is None and _answers(port), timeout=60, message="/healthz up")
+    return process, port
+
+
 @pytest.fixture
 def consumer_http(
     make_settings: Callable[..., Settings], processes: Processes
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A real `creditstream consume` with its HTTP endpoints on a free port (default host)."""
-    port = free_port()
-    settings = make_settings(http_port=port, http_request_timeout_s=REQUEST_TIMEOUT_S)
-    process = processes.start(["consume"], settings, "consumer")
-    wait_until(lambda: process.poll() is None and _answers(port), timeout=60, message="/healthz up")
-    return process, port
+    """A consumer with the default bind address."""
+    return start_consumer(make_settings, processes)
 
 
 def _answers(port: int) -> bool:
@@ -128,3 +135,14 @@ def test_binds_loopback_by_default(consumer_http: tuple[subprocess.Popen[bytes],
     # NOTE: 127.0.0.2 is another local address: a 0.0.0.0 bind would answer it.
     with pytest.raises(OSError):
         http_get("127.0.0.2", port, "/healthz", timeout=2)
+
+
+def test_binds_each_address_given_and_no_other(
+    make_settings: Callable[..., Settings], processes: Processes
+) -> None:
+    # NOTE: as the chart does: the pod IP (here 127.0.0.2) and loopback for port-forward.
+    _process, port = start_consumer(make_settings, processes, http_host="127.0.0.2, 127.0.0.1")
+    assert http_get("127.0.0.2", port, "/healthz") == 200
+    assert http_get("127.0.0.1", port, "/healthz") == 200
+    with pytest.raises(OSError):
+        http_get("127.0.0.3", port, "/healthz", timeout=2)
