@@ -128,7 +128,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         cleaned = self.redactor(message)
-        if cleaned != message or record.args:
+        if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_info[1] is not None:
             rendered = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from creditstream.data.dataset import DatasetError, content_sha256, load_dataset
+from creditstream.redaction import redact
 
 if TYPE_CHECKING:
     from creditstream.settings import Settings
@@ -34,6 +35,10 @@ _MAX_EXTRACTED: Final = "CREDITSTREAM_DOWNLOAD_MAX_EXTRACTED_BYTES"
 
 class DownloadError(RuntimeError):
     """The archive could not be fetched, is not the expected zip, or its content is wrong."""
+
+    def __init__(self, message: str) -> None:
+        # NOTE: a private mirror's URL may carry credentials; messages quote the URL.
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ def download_uci(
         target = cached_xls_path(cache_dir)
         os.replace(extracted, target)
     manifest = {
-        "url": url,
+        "url": redact(url),
         "archive_sha256": archive_digest,
         "content_sha256": digest,
         "rows": len(frame),
