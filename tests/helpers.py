@@ -7,6 +7,7 @@ demo and the benchmark use; only what is about pytest (failing, skipping) is wri
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -85,3 +86,26 @@ def scrape_metric(port: int, name: str) -> float:
     if metrics is None:
         raise ConnectionError(f"no /metrics answer on port {port}")
     return metrics[name]
+
+
+def ready_in_queue(settings: Settings) -> int:
+    """Ready messages in the settings' requests queue, on its vhost (0 before it exists)."""
+    import pika
+    import pika.exceptions
+
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        frame = connection.channel().queue_declare(settings.requests_queue, passive=True)
+        return int(frame.method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        connection.close()
+
+
+def exit_code_within(process: Process, timeout: float) -> int | None:
+    """The process's exit code, or None if it is still running after `timeout` seconds."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None

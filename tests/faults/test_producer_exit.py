@@ -7,33 +7,17 @@ reading the endless source to its end: it never exited (and grew without bound).
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
 
 from creditstream.settings import Settings
 from tests.faults.injectors import dedicated_vhost
-from tests.helpers import Processes, wait_until
+from tests.helpers import Processes, exit_code_within, ready_in_queue, wait_until
 
 pytestmark = pytest.mark.faults
-
-
-def ready_in(settings: Settings) -> int:
-    """Ready messages in the requests queue of the settings' vhost (0 when absent)."""
-    parameters = pika.URLParameters(settings.amqp_url.get_secret_value())
-    connection = pika.BlockingConnection(parameters)
-    try:
-        frame = connection.channel().queue_declare(settings.requests_queue, passive=True)
-        return int(frame.method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        connection.close()
 
 
 @pytest.mark.timeout(300)
@@ -46,13 +30,10 @@ def test_endless_producer_exits_after_giving_up_on_a_broker_gone_for_good(
             ["produce", "--synthetic", "--rate", "300", "--no-progress"], settings, "producer"
         )
         log = Path(producer.log_path)  # type: ignore[attr-defined]
-        wait_until(lambda: ready_in(settings) >= 100, timeout=120, message="publishing")
+        wait_until(lambda: ready_in_queue(settings) >= 100, timeout=120, message="publishing")
         delete_vhost()
         gone_at = time.monotonic()
-        try:
-            code: int | None = producer.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            code = None
+        code = exit_code_within(producer, 90)
         exited_after_s = time.monotonic() - gone_at
     output = log.read_text()
     assert code is not None, f"still running 90 s after the broker went away: {output[-1500:]}"

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pika
-import pika.exceptions
 import pytest
 
 from creditstream.settings import Settings
-from tests.helpers import AMQP_URL, Processes, free_port, wait_until
+from tests.helpers import Processes, exit_code_within, free_port, ready_in_queue, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -57,10 +54,7 @@ def test_sigterm_interrupts_the_first_connect(
     assert process.poll() is None, log.read_text()[-2000:]
     process.send_signal(signal.SIGTERM)
     sent = time.monotonic()
-    try:
-        returncode: int | None = process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        returncode = None
+    returncode = exit_code_within(process, 20)
     took = time.monotonic() - sent
     output = log.read_text()
     assert returncode is not None, f"still connecting 20 s after SIGTERM: {output[-1500:]}"
@@ -77,28 +71,13 @@ def test_sigterm_mid_run_stops_an_endless_producer_with_what_it_sent_confirmed(
         ["produce", "--synthetic", "--rate", "300", "--no-progress"], settings, "producer"
     )
     log = Path(process.log_path)  # type: ignore[attr-defined]
-    wait_until(lambda: ready(settings) >= 100, timeout=60, message="publishing")
+    wait_until(lambda: ready_in_queue(settings) >= 100, timeout=60, message="publishing")
     process.send_signal(signal.SIGTERM)
-    try:
-        returncode: int | None = process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        returncode = None
+    returncode = exit_code_within(process, 20)
     output = log.read_text()
     assert returncode == 1, output[-2000:]
     match = re.search(r"produced (\d+) records .*STOPPED \(SIGTERM\)", output)
     assert match, output[-2000:]
     # Everything it published was confirmed before it left: the queue holds exactly that.
-    assert ready(settings) == int(match.group(1))
+    assert ready_in_queue(settings) == int(match.group(1))
     assert "NOT CONFIRMED" not in output
-
-
-def ready(settings: Settings) -> int:
-    """Ready messages in the settings' requests queue (0 before it exists)."""
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        frame = connection.channel().queue_declare(settings.requests_queue, passive=True)
-        return int(frame.method.message_count)
-    except pika.exceptions.ChannelClosedByBroker:
-        return 0
-    finally:
-        connection.close()

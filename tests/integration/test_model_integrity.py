@@ -20,7 +20,7 @@ from creditstream.client import SMOKE_RECORD
 from creditstream.codec import encode_json
 from creditstream.settings import Settings
 from creditstream.topology import REQUEST_ROUTING_KEY, Topology
-from tests.helpers import AMQP_URL, MODELS, count_rows, run_cli
+from tests.helpers import AMQP_URL, MODELS, count_rows, ready_in_queue, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -40,15 +40,6 @@ def drop_card_digest(card: Path) -> None:
     document = json.loads(card.read_text(encoding="utf-8"))
     del document["onnx"]["sha256"]
     card.write_text(json.dumps(document), encoding="utf-8")
-
-
-def queued(settings: Settings) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
-    try:
-        frame = connection.channel().queue_declare(settings.requests_queue, passive=True)
-        return int(frame.method.message_count)
-    finally:
-        connection.close()
 
 
 def enqueue_one(settings: Settings) -> None:
@@ -96,6 +87,6 @@ def test_consumer_refuses_a_model_its_card_does_not_describe(
     assert result.returncode == code, output[-2000:]
     assert says in output, output[-2000:]
     if code:
-        assert (queued(settings), count_rows(settings)) == (1, 0), "nothing may be scored"
+        assert (ready_in_queue(settings), count_rows(settings)) == (1, 0), "nothing may be scored"
     else:
-        assert (queued(settings), count_rows(settings)) == (0, 1)
+        assert (ready_in_queue(settings), count_rows(settings)) == (0, 1)

@@ -18,6 +18,8 @@ from creditstream.data.dataset import DatasetError, content_sha256, load_dataset
 from creditstream.redaction import redact
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from creditstream.settings import Settings
 
 XLS_MEMBER: Final = "default of credit card clients.xls"
@@ -112,18 +114,28 @@ def _extract_xls(archive: Path, target: Path, url: str, max_bytes: int) -> None:
         ) from exc
 
 
-def verify_cached(path: Path, expected_content_sha256: str = PINNED_CONTENT_SHA256) -> None:
-    """Check a cached .xls again before it is used: the cache is writable, so its mere
-    presence proves nothing. Raises DownloadError when it is not the pinned data set."""
+def _checked_frame(
+    path: Path, source: str, expected_content_sha256: str, *, expect_full: bool, detail: str = ""
+) -> tuple[pd.DataFrame, str]:
+    """The data set at `path` and its content digest, if it is valid and the expected one."""
     try:
-        frame = load_dataset(path, expect_full=True)
+        frame = load_dataset(path, expect_full=expect_full)
     except DatasetError as exc:
-        raise DownloadError(f"{path} is not a valid data set: {exc}") from exc
+        raise DownloadError(f"{source} is invalid: {exc}") from exc
     digest = content_sha256(frame)
     if digest != expected_content_sha256:
         raise DownloadError(
-            f"{path}: content sha256 {digest} is not the pinned {expected_content_sha256}"
+            f"content digest mismatch for {source}: expected {expected_content_sha256}, got "
+            f"{digest} ({detail}{len(frame)} rows); the download is corrupt or not the UCI "
+            "data set 350"
         )
+    return frame, digest
+
+
+def verify_cached(path: Path, expected_content_sha256: str = PINNED_CONTENT_SHA256) -> None:
+    """Check a cached .xls again before it is used: the cache is writable, so its mere
+    presence proves nothing. Raises DownloadError when it is not the pinned data set."""
+    _checked_frame(path, f"the cached {path}", expected_content_sha256, expect_full=True)
 
 
 def download_uci(
@@ -145,17 +157,13 @@ def download_uci(
         archive_digest = _fetch(url, archive, timeout, settings.download_max_bytes)
         extracted = Path(scratch) / XLS_MEMBER
         _extract_xls(archive, extracted, url, settings.download_max_extracted_bytes)
-        try:
-            frame = load_dataset(extracted, expect_full=expect_full)
-        except DatasetError as exc:
-            raise DownloadError(f"downloaded data from {url} is invalid: {exc}") from exc
-        digest = content_sha256(frame)
-        if digest != expected_content_sha256:
-            raise DownloadError(
-                f"content digest mismatch for {url}: expected {expected_content_sha256}, got "
-                f"{digest} (archive sha256 {archive_digest}, {len(frame)} rows); "
-                "the download is corrupt or not the UCI data set 350"
-            )
+        frame, digest = _checked_frame(
+            extracted,
+            f"downloaded data from {url}",
+            expected_content_sha256,
+            expect_full=expect_full,
+            detail=f"archive sha256 {archive_digest}, ",
+        )
         target = cached_xls_path(cache_dir)
         os.replace(extracted, target)
     manifest = {
