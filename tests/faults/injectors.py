@@ -15,16 +15,19 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
@@ -138,11 +141,42 @@ def close_connections_of(queue: str, reason: str = "fault test") -> list[str]:
 
 # --- broker flow control ------------------------------------------------------------------
 def current_watermark() -> list[str]:
-    """The arguments that restore the current vm_memory_high_watermark."""
-    value = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
-    if value.startswith("{absolute"):
-        return ["absolute", value.strip("{}").split(",")[1].strip()]
-    return [value]
+    """The arguments that restore the node's *configured* vm_memory_high_watermark.
+
+    NOTE: not the value in force now: read while another test's alarm is up (the broker is
+    shared by every helper on this machine), that is the alarm itself, and "restoring" it left
+    the broker in a memory alarm for good (seen here). The application environment keeps what
+    the node was started with; set_vm_memory_high_watermark does not change it.
+    """
+    value = rabbitmqctl("eval", "application:get_env(rabbit, vm_memory_high_watermark).").strip()
+    match = re.fullmatch(r"\{ok,\{absolute,(\d+)\}\}", value)
+    if match:
+        return ["absolute", match.group(1)]
+    match = re.fullmatch(r"\{ok,([0-9.]+)\}", value)
+    return [match.group(1)] if match else ["0.4"]  # NOTE: RabbitMQ's default when unset
+
+
+# Every memory alarm on this machine, whichever worktree's test raises it, takes this lock:
+# two overlapping alarms would end at the first restore, or restore each other's alarm.
+ALARM_LOCK = Path(tempfile.gettempdir()) / "creditstream-memory-alarm.lock"
+
+
+@contextlib.contextmanager
+def _alarm_lock(timeout_s: float = 300) -> Iterator[None]:
+    with ALARM_LOCK.open("a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another memory alarm held {ALARM_LOCK} for {timeout_s:g} s")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
@@ -150,14 +184,16 @@ def memory_alarm(previous: list[str] | None = None) -> Iterator[None]:
     """Raise the broker's memory alarm (every publishing connection gets connection.blocked).
 
     NOTE: the alarm is broker-wide: other publishers on this machine pause too. Keep the window
-    to seconds; the previous watermark (read now unless given) is always restored.
+    to seconds; the configured watermark (read now unless given) is always restored, and one
+    alarm at a time is raised on this machine (ALARM_LOCK).
     """
     previous = previous or current_watermark()
-    rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1MB")
-    try:
-        yield
-    finally:
-        rabbitmqctl("set_vm_memory_high_watermark", *previous)
+    with _alarm_lock():
+        rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1MB")
+        try:
+            yield
+        finally:
+            rabbitmqctl("set_vm_memory_high_watermark", *previous)
 
 
 # --- database -----------------------------------------------------------------------------
