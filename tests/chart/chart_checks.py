@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 Doc = dict[str, Any]
@@ -63,9 +63,23 @@ def secret_data(docs: Iterable[Doc]) -> dict[str, dict[str, str]]:
 # A downward-API value (fieldRef) in resolve_env's result: FIELD_REF + the field path.
 FIELD_REF = "fieldRef:"
 POD_IP = FIELD_REF + "status.podIP"
-_DEPENDENT_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+# `$$` or `$(NAME)`: the kubelet's expansion of env values (dependent environment variables).
+_DEPENDENT_VAR = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 # Addresses the kubelet's probes (sent to the pod IP) can reach.
 _PROBE_REACHABLE_HOSTS = {POD_IP, "0.0.0.0", "::", ""}
+
+
+def expand_env_value(value: str, env: Mapping[str, object]) -> str:
+    """An env value as the kubelet expands it: $(NAME) of a variable defined before it (else
+    left as written), `$$` for a literal `$`."""
+
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return "$"
+        return str(env[name]) if name in env else match.group(0)
+
+    return _DEPENDENT_VAR.sub(expand, value)
 
 
 def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, str]]:
@@ -80,10 +94,7 @@ def resolve_env(docs: list[Doc], container: Doc) -> dict[str, str | tuple[str, s
             env.update((cm or {}).get("data") or {})
     for item in container.get("env", []):
         if "value" in item:
-            # NOTE: $(NAME) refers to a variable defined before it, as the kubelet expands it.
-            env[item["name"]] = _DEPENDENT_VAR.sub(
-                lambda m: str(env.get(m.group(1), m.group(0))), str(item["value"])
-            )
+            env[item["name"]] = expand_env_value(str(item["value"]), env)
         elif "secretKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = (ref["name"], ref["key"])

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chart_checks import by_kind, find, secret_data
+from chart_checks import by_kind, expand_env_value, find, secret_data
 
 Doc = dict[str, Any]
 
@@ -137,7 +137,7 @@ def resolve_env(docs: list[Doc], container: Doc, pod_name: str) -> dict[str, str
         env.update({k: str(v) for k, v in (configmap.get("data") or {}).items()})
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = str(item["value"])
+            env[item["name"]] = expand_env_value(str(item["value"]), env)
             continue
         ref = item["valueFrom"]
         _check_fields(f"env {item['name']}", ref, {"secretKeyRef", "fieldRef", "configMapKeyRef"})

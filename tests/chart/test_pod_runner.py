@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_checks import by_kind
+from chart_checks import by_kind, expand_env_value
 from pod_runner import UnsupportedField, run_spec
 
 from conftest import CASE_PARAMS, ValuesCase, effective_values, external_secrets
@@ -75,3 +75,16 @@ def test_a_field_the_runner_does_not_reproduce_is_refused(
         return
     with pytest.raises(UnsupportedField, match=field):
         run_spec(docs, deployment, name="probe")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("$(POD_IP),127.0.0.1", "10.1.2.3,127.0.0.1", id="defined-before"),
+        pytest.param("$(LATER)", "$(LATER)", id="undefined-left-as-written"),
+        pytest.param("$$(POD_IP)", "$(POD_IP)", id="escaped"),
+        pytest.param("a$$b", "a$b", id="double-dollar"),
+    ],
+)
+def test_env_values_expand_as_the_kubelet_does(value: str, expected: str) -> None:
+    assert expand_env_value(value, {"POD_IP": "10.1.2.3"}) == expected
