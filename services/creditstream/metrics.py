@@ -40,6 +40,7 @@ _LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
+RECORD_OUTCOMES = ("scored", "rejected")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -57,6 +58,10 @@ class ConsumerMetrics:
         self.records = Counter(
             "creditstream_records_total", "Records handled, by outcome.", ["outcome"], registry=r
         )
+        # NOTE: every known outcome is exported from the start (at 0): an absent series would
+        # read as "nothing scored" and as "metric missing" alike.
+        for outcome in RECORD_OUTCOMES:
+            self.records.labels(outcome)
         self.batches = Counter("creditstream_batches_total", "Batches scored.", registry=r)
         self.batch_size = Histogram(
             "creditstream_batch_size_records",

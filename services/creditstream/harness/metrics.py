@@ -108,11 +108,19 @@ class Metrics:
         )
 
     def __getitem__(self, selector: str) -> float:
-        """`m['name{label="value"}']`: value() of a series written as in PromQL."""
-        match = _SELECTOR.match(selector)
-        if match is None or not _SELECTOR_LABELS.fullmatch(match["labels"] or ""):
-            raise KeyError(selector)
-        return self.value(match["name"], **dict(_SELECTOR_LABEL.findall(match["labels"] or "")))
+        """`m['name{label="value"}']`: value() of a series written as in PromQL (0 when absent)."""
+        name, labels = _parse_selector(selector)
+        return self.value(name, **labels)
+
+    def get(self, selector: str) -> float | None:
+        """Like `m[selector]`, but None when no series matches: absent is not zero."""
+        name, labels = _parse_selector(selector)
+        found = [
+            value
+            for sample, have, value in self.samples
+            if sample == name and all(have.get(k) == v for k, v in labels.items())
+        ]
+        return sum(found) if found else None
 
     def histogram(self, name: str) -> Histogram:
         """The histogram `name` (unlabelled, or summed over its labels)."""
@@ -126,6 +134,14 @@ class Metrics:
         return Histogram(
             tuple(sorted(buckets.items())), self.value(f"{name}_sum"), self.value(f"{name}_count")
         )
+
+
+def _parse_selector(selector: str) -> tuple[str, dict[str, str]]:
+    """(name, labels) of `name{label="value",...}`; KeyError when it does not parse whole."""
+    match = _SELECTOR.match(selector)
+    if match is None or not _SELECTOR_LABELS.fullmatch(match["labels"] or ""):
+        raise KeyError(selector)
+    return match["name"], dict(_SELECTOR_LABEL.findall(match["labels"] or ""))
 
 
 def scrape(url: str, timeout_s: float = 2.0) -> Metrics | None:

@@ -94,6 +94,17 @@ def test_series_selected_as_in_promql(selector: str, expected: float) -> None:
     assert Metrics.parse(EXPOSITION)[selector] == expected
 
 
+def test_get_tells_an_absent_series_from_a_zero_one() -> None:
+    # NOTE: `[]` reads an absent series as 0, so `m[...] == 0` cannot fail on a missing metric.
+    metrics = Metrics.parse(EXPOSITION + 'creditstream_records_total{outcome="zero"} 0.0\n')
+    assert metrics.get('creditstream_records_total{outcome="zero"}') == 0.0
+    assert metrics.get('creditstream_records_total{outcome="lost"}') is None
+    assert metrics.get("creditstream_absent_total") is None
+    assert metrics.get("creditstream_records_total") == 253.0
+    with pytest.raises(KeyError):
+        metrics.get("creditstream_records_total{outcome=scored}")
+
+
 def test_a_truncated_scrape_is_refused() -> None:
     with pytest.raises(ValueError):
         Metrics.parse(EXPOSITION + "creditstream_records_total{outcome=")
