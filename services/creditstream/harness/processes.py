@@ -59,16 +59,36 @@ def run_cli(
     command: Sequence[str] | None = None,
     **extra_env: str,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `creditstream ARGS` (or `command ARGS`) to the end; stdout and stderr captured."""
-    return subprocess.run(
-        [*(command or cli_command()), *args],
+    """Run `creditstream ARGS` (or `command ARGS`) to the end; stdout and stderr captured.
+
+    Past `timeout` it SIGKILLs the process and everything it started (its own session, so
+    its process group), then raises subprocess.TimeoutExpired with the output so far.
+    """
+    argv = [*(command or cli_command()), *args]
+    with subprocess.Popen(
+        argv,
         env=process_env(settings, **extra_env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
-    )
+        text=True,
+        start_new_session=True,  # NOTE: subprocess.run would kill the child alone
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            # NOTE: the group is gone, so the pipes reach EOF; bounded all the same.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                exc.stdout, exc.stderr = popen.communicate(timeout=10)
+            raise
+        finally:
+            # NOTE: the leader exited; what it left running in its group ends with it.
+            if popen.poll() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(popen.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(argv, popen.returncode, stdout, stderr)
 
 
 @dataclass(eq=False)

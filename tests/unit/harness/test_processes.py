@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from creditstream.harness.isolation import isolated_settings
-from creditstream.harness.processes import ProcessGroup, process_env
+from creditstream.harness.processes import ProcessGroup, process_env, run_cli
 from creditstream.settings import Settings
 from creditstream.topology import default_names
 from tests.helpers import wait_until
@@ -112,3 +113,24 @@ def test_nothing_a_process_started_outlives_the_group(script: str, tmp_path: Pat
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_run_cli_past_its_timeout_leaves_no_grandchild(tmp_path: Path) -> None:
+    # NOTE: subprocess.run kills only the child on timeout; a worker it started lived on.
+    pidfile = tmp_path / "worker.pid"
+    script = f"sleep 120 & echo $! > {pidfile}; wait"
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_cli([], Settings(), timeout=2, command=["sh", "-c", script])
+    assert time.monotonic() - started < 15
+    worker = int(pidfile.read_text())
+    try:
+        wait_until(lambda: _gone(worker), timeout=10, message=f"the worker {worker} to end")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_run_cli_returns_the_output_of_a_process_that_ends(tmp_path: Path) -> None:
+    done = run_cli([], Settings(), timeout=30, command=["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
