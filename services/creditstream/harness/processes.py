@@ -30,7 +30,14 @@ LOCALHOST = "127.0.0.1"
 
 
 def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
+    """A TCP port that was free a moment ago (the OS picks it).
+
+    NOTE: a race, by nature: the port is released before the child binds it, and another
+    process may take it in between (rare: the kernel hands out ephemeral ports spread over
+    ip_local_port_range). A consumer that cannot bind its port exits non-zero; the demo's
+    Supervisor restarts it and ProcessGroup.restart() asks for a fresh port, so only a test
+    starting processes by hand can see the clash, as a start-up failure that names the port.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
