@@ -175,3 +175,28 @@ def test_long_non_ascii_run_tags_keep_their_unique_end_in_postgresql() -> None:
                 assert sorted(found) == sorted([first, second]), "names as created"
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize("folder", ["run ?x=1", "run #2", "100%41 done"])
+def test_an_isolated_sqlite_store_lives_at_its_path_whatever_the_characters(
+    folder: str, tmp_path: Path
+) -> None:
+    # NOTE: pasted into `sqlite:///PATH`, `?` starts the query string, `#` a fragment and `%41`
+    # is read as `A`: the store went to another file (or failed to open).
+    from creditstream.store import ResultsStore
+
+    path = tmp_path / folder / "results.sqlite"
+    path.parent.mkdir()
+    prefix = f"creditstream.test.sqlitepath.{uuid.uuid4().hex[:8]}"
+    base = Settings(amqp_url=AMQP_URL)
+    with isolated_run(base, prefix, sqlite_file=path) as settings:
+        url = sqlalchemy.engine.make_url(settings.database_url.get_secret_value())
+        assert url.database == str(path)
+        store = ResultsStore.from_settings(settings)
+        try:
+            store.create_schema()
+        finally:
+            store.dispose()
+        assert path.is_file()
+        assert sorted(p.name for p in tmp_path.rglob("*.sqlite*")) == ["results.sqlite"]
+    assert not path.exists()

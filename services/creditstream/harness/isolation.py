@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from creditstream.autoscale.queue_depth import management_url_from_amqp
 from creditstream.settings import Settings
@@ -196,12 +196,17 @@ def isolated_run(
             if not keep_store:
                 stack.callback(_remove_sqlite, sqlite_file)
             settings = isolated_settings(
-                base, prefix, database_url=f"sqlite:///{sqlite_file}", **overrides
+                base, prefix, database_url=sqlite_url(sqlite_file), **overrides
             )
         stack.callback(delete_topology, settings)
         if declare:
             declare_topology(settings)
         yield settings
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file at `path`, escaped (`?`, `%` are path characters)."""
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
 def _remove_sqlite(path: Path) -> None:
