@@ -14,8 +14,9 @@ from typing import Final
 from creditstream.harness.processes import Process, ProcessGroup
 from creditstream.settings import Settings
 
-# NOTE: between one replica's throughput and four replicas' (see demo/values.py), and low
-# enough that a 15,000-record burst lasts ~30 s.
+# NOTE: well below one replica's throughput with the chart's knobs (see demo/values.py), so
+# more replicas are asked for only by the backlog built while scaling from zero; low enough
+# that a 15,000-record burst lasts ~30 s.
 DEFAULT_BURST_RATE: Final = 500.0
 
 

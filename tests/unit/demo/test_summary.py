@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from creditstream.autoscale.rule import load_chart_values
 from creditstream.demo.run import choose_data
 from creditstream.demo.summary import BurstTiming, auc_against_labels, burst_latency, roc_auc
-from creditstream.demo.values import DEMO_OVERRIDES, load_demo_values
+from creditstream.demo.values import CHART_VALUES, DEMO_OVERRIDES, load_demo_values
 from creditstream.settings import Settings
 
 pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
@@ -56,16 +57,18 @@ def test_autoscaling_is_chart_values_plus_printed_overrides() -> None:
 
 def test_consumer_knobs_are_chart_values_plus_printed_overrides() -> None:
     demo = load_demo_values([], "q.demo")
-    expected = DEMO_OVERRIDES["consumer"]
-    assert (demo.consumer.batch_size, demo.consumer.prefetch) == (
-        expected["batchSize"],
-        expected["prefetch"],
+    chart = load_chart_values(CHART_VALUES)["consumer"]
+    # NOTE: the demo runs the consumer as the chart does (no throttled batch any more).
+    assert "consumer" not in DEMO_OVERRIDES
+    assert (demo.consumer.batch_size, demo.consumer.batch_timeout_ms, demo.consumer.prefetch) == (
+        chart["batchSize"],
+        chart["batchTimeoutMs"],
+        chart["prefetch"],
     )
-    assert f"consumer.batchSize={expected['batchSize']}" in demo.override_lines
-    assert f"consumer.prefetch={expected['prefetch']}" in demo.override_lines
-    own = load_demo_values([{"consumer": {"batchSize": 256, "prefetch": 1024}}], "q.demo")
-    assert (own.consumer.batch_size, own.consumer.prefetch) == (256, 1024)
-    assert "consumer.batchSize=256" in own.override_lines  # the user's --set printed too
+    assert not [line for line in demo.override_lines if line.startswith("consumer.batch")]
+    own = load_demo_values([{"consumer": {"batchSize": 8, "prefetch": 8}}], "q.demo")
+    assert (own.consumer.batch_size, own.consumer.prefetch) == (8, 8)
+    assert "consumer.batchSize=8" in own.override_lines  # the user's --set printed too
 
 
 def test_choose_data_says_synthetic_when_nothing_is_available(tmp_path: Path) -> None:

@@ -132,5 +132,7 @@ def test_run_cli_past_its_timeout_leaves_no_grandchild(tmp_path: Path) -> None:
 
 
 def test_run_cli_returns_the_output_of_a_process_that_ends(tmp_path: Path) -> None:
-    done = run_cli([], Settings(), timeout=30, command=["sh", "-c", "echo out; echo err >&2; exit 3"])
+    done = run_cli(
+        [], Settings(), timeout=30, command=["sh", "-c", "echo out; echo err >&2; exit 3"]
+    )
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
