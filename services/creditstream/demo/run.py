@@ -5,9 +5,11 @@ and deletes them at the end (also on Ctrl-C), so leftovers of other runs cannot 
 nothing of this run lingers. Children run in their own session: Ctrl-C reaches only the demo,
 which then SIGTERMs the consumers (they drain) and the producers.
 
-Load: each burst is published at a fixed rate that one consumer cannot keep up with, so the
-backlog builds, the rule adds replicas step by step, the replicas catch up and drain it, and
-the rule steps back down to zero (demo/load.py).
+Load: each burst is published at a fixed rate (demo/load.py) into a queue nobody consumes: the
+rule wakes one consumer, the backlog built meanwhile makes it add more (QueueLength), the
+publish rate keeps them while the producer runs (MessageRate), and after the burst the rule
+steps back down to zero. One consumer with the chart's knobs outruns the producer several
+times, so the backlog drains within about a second of the first consumer being ready.
 """
 
 from __future__ import annotations
