@@ -8,6 +8,7 @@ client. Rows go to the same timeline CSV/PNG as `creditstream demo`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ CONSUMER_SELECTOR: Final = (
     "app.kubernetes.io/instance={release},app.kubernetes.io/component=consumer"
 )
 
+# NOTE: apimachinery resource.Quantity: <number><suffix>, the suffix binary (Ki..Ei), decimal
+# (n, u, m, "", k, M, G, T, P, E) or an exponent (e3, E-2). `1E` is an exa; `1E3` an exponent.
 _SUFFIXES: Final = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
@@ -35,22 +38,35 @@ _SUFFIXES: Final = {
     "M": Decimal(10**6),
     "G": Decimal(10**9),
     "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
     "Ki": Decimal(2**10),
     "Mi": Decimal(2**20),
     "Gi": Decimal(2**30),
     "Ti": Decimal(2**40),
+    "Pi": Decimal(2**50),
+    "Ei": Decimal(2**60),
 }
+_QUANTITY: Final = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<exponent>[eE][+-]?[0-9]+)|(?P<suffix>[KMGTPE]i|[numkMGTPE]))?"
+)
 
 
 def parse_quantity(text: str | int | float) -> float:
-    """A Kubernetes quantity ("1500m", "6k", "12", "1Ki", "2e3") as a float."""
+    """A Kubernetes quantity ("1500m", "6k", "12", "1Ki", "2e3", "1E") as a float.
+
+    Raises ValueError naming the text when it is no quantity.
+    """
     if isinstance(text, int | float):
         return float(text)
-    raw = text.strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if suffix and raw.endswith(suffix):
-            return float(Decimal(raw[: -len(suffix)]) * _SUFFIXES[suffix])
-    return float(Decimal(raw))
+    match = _QUANTITY.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 1Gi, 500M, 1e9, 250m)")
+    number = Decimal(match["number"])
+    if match["exponent"]:
+        return float(number.scaleb(int(match["exponent"][1:])))
+    return float(number * _SUFFIXES[match["suffix"] or ""])
 
 
 def _condition(conditions: Sequence[Mapping[str, Any]] | None, kind: str) -> Mapping[str, Any]:

@@ -58,10 +58,22 @@ def load(name: str) -> Any:
         pytest.param("1Ki", 1024.0, id="binary"),
         pytest.param("2e3", 2000.0, id="exponent"),
         pytest.param(7, 7.0, id="int"),
+        pytest.param("1E", 1e18, id="exa-not-an-exponent"),
+        pytest.param("1E3", 1000.0, id="exponent-upper"),
+        pytest.param("1Pi", 2.0**50, id="pebi"),
+        pytest.param("2Ei", 2.0**61, id="exbi"),
+        pytest.param("1P", 1e15, id="peta"),
+        pytest.param("1.5Gi", 1.5 * 2**30, id="fraction"),
     ],
 )
 def test_parse_quantity(text: str | int, expected: float) -> None:
     assert parse_quantity(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1GB", "Gi", "1.5.3", "lots", "1e"])
+def test_parse_quantity_names_what_is_no_quantity(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a Kubernetes quantity"):
+        parse_quantity(text)
 
 
 @pytest.mark.parametrize(

@@ -122,13 +122,19 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
-{{/* Bytes of a Kubernetes memory quantity (e.g. 1Gi, 1500M, 1073741824); "" when unparsable. */}}
+{{/*
+Bytes of a Kubernetes memory quantity, as apimachinery's resource.Quantity reads it: plain bytes
+(1073741824), binary (Ki Mi Gi Ti Pi Ei), decimal (k M G T P E; `1E` is an exabyte) with an
+optional fraction (1.5Gi), or an exponent (1e9, 1E9, a YAML number's 1e+09); "" when unparsable.
+*/}}
 {{- define "creditstream.quantityBytes" -}}
 {{- $q := toString . -}}
-{{- $factors := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 -}}
+{{- $factors := dict "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 "Pi" 1125899906842624 "Ei" 1152921504606846976 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "P" 1000000000000000 "E" 1000000000000000000 -}}
 {{- $bytes := "" -}}
 {{- if regexMatch "^[0-9]+$" $q -}}
 {{- $bytes = $q -}}
+{{- else if regexMatch "^[0-9]+([.][0-9]+)?[eE][+]?[0-9]+$" $q -}}
+{{- $bytes = printf "%d" (int64 (floor (float64 $q))) -}}
 {{- else -}}
 {{- range $suffix, $factor := $factors -}}
 {{- if regexMatch (printf "^[0-9]+([.][0-9]+)?%s$" $suffix) $q -}}
