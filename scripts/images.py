@@ -21,6 +21,8 @@ Dockerfiles' own default stays the official python image.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect as pyinspect
 import json
 import os
 import re
@@ -50,6 +52,14 @@ BASE_TRIM = (
     "usr/share/info",
 )
 ENGINES = ("podman", "docker")
+# NOTE: the digest of the base's recipe (build_base's code, the constants it reads, this
+# machine's CA bundle) travels as a label; a base without it or with another is rebuilt.
+BASE_RECIPE_LABEL = "io.creditstream.base-recipe"
+BASE_CHANGES = (
+    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "ENV LANG=C.UTF-8",
+    'CMD ["python3"]',
+)
 
 
 @dataclass(frozen=True)
@@ -129,11 +139,45 @@ def image_exists(engine: str, ref: str) -> bool:
     )
 
 
+def image_labels(engine: str, ref: str) -> dict[str, str] | None:
+    """The labels of a local image; None when the engine's store does not hold it."""
+    out = subprocess.run(
+        [engine, "image", "inspect", ref], capture_output=True, text=True, timeout=60
+    )
+    if out.returncode != 0:
+        return None
+    config = json.loads(out.stdout)[0].get("Config") or {}
+    return dict(config.get("Labels") or {})
+
+
+def base_recipe(ca_bundle: Path = HOST_CA_BUNDLE) -> str:
+    """Digest of what build_base makes: its code, the constants it reads, the CA bundle."""
+    digest = hashlib.sha256()
+    digest.update(pyinspect.getsource(build_base).encode())
+    recipe = [DEBIAN_SUITE, BASE_PACKAGES, BASE_TRIM, BASE_CHANGES, BASE_RECIPE_LABEL]
+    digest.update(json.dumps(recipe).encode())
+    digest.update(ca_bundle.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def base_is_current(engine: str, image: str, recipe: str | None = None) -> bool:
+    """Whether `image` exists and carries this recipe's digest."""
+    labels = image_labels(engine, image)
+    return labels is not None and labels.get(BASE_RECIPE_LABEL) == (recipe or base_recipe())
+
+
 def build_base(engine: str, *, force: bool = False, image: str = BASE_IMAGE) -> str:
-    """A Debian bookworm minbase with CPython 3.11, imported as `image` (skipped if present)."""
-    if not force and image_exists(engine, image):
-        print(f"{image}: present (--force to rebuild)")
+    """A Debian bookworm minbase with CPython 3.11, imported as `image`.
+
+    Skipped when `image` exists and was built from this recipe (base_recipe(), its label);
+    rebuilt when it exists from another recipe or without one.
+    """
+    recipe = base_recipe()
+    if not force and base_is_current(engine, image, recipe):
+        print(f"{image}: present, recipe {recipe} (--force to rebuild)")
         return image
+    if image_exists(engine, image):
+        print(f"{image}: built from another recipe: rebuilding ({recipe})")
     debootstrap = shutil.which("debootstrap")
     if debootstrap is None or os.geteuid() != 0:
         raise SystemExit(
@@ -178,12 +222,9 @@ def build_base(engine: str, *, force: bool = False, image: str = BASE_IMAGE) -> 
             [
                 engine,
                 "import",
+                *(arg for change in BASE_CHANGES for arg in ("--change", change)),
                 "--change",
-                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "--change",
-                "ENV LANG=C.UTF-8",
-                "--change",
-                'CMD ["python3"]',
+                f"LABEL {BASE_RECIPE_LABEL}={recipe}",
                 str(archive),
                 image,
             ],
