@@ -246,6 +246,49 @@ class AutoscalingConfig:
             hpa_sync_period_s=hpa_sync_period_s,
         )
 
+    @classmethod
+    def from_scaled_object(
+        cls,
+        scaled_object: Mapping[str, Any],
+        *,
+        hpa_sync_period_s: float = DEFAULT_HPA_SYNC_PERIOD_S,
+    ) -> AutoscalingConfig:
+        """The rule a rendered ScaledObject asks KEDA for (KEDA's defaults where it is silent).
+
+        Reads what KEDA and the HPA read: the spec's replica bounds and periods, `advanced.
+        horizontalPodAutoscalerConfig.behavior`, and the rabbitmq triggers' mode, value,
+        activationValue, protocol and queueName (values are strings, as the CRD has them).
+        """
+        spec = scaled_object["spec"]
+        behavior = (spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig") or {}
+        behavior = behavior.get("behavior") or {}
+        triggers = {t["metadata"]["mode"]: t["metadata"] for t in spec["triggers"]}
+        unknown = set(triggers) - {QUEUE_LENGTH, MESSAGE_RATE}
+        if unknown or QUEUE_LENGTH not in triggers:
+            raise ValueError(f"expected a QueueLength (+ MessageRate) trigger: {sorted(triggers)}")
+        queue_length = triggers[QUEUE_LENGTH]
+        rate = triggers.get(MESSAGE_RATE)
+        protocols = {t.get("protocol", "auto") for t in triggers.values()}
+        queues = {t["queueName"] for t in triggers.values()}
+        if len(protocols) != 1 or len(queues) != 1:
+            raise ValueError(f"triggers differ in protocol {protocols} or queue {queues}")
+        return cls(
+            queue_name=queues.pop(),
+            value=float(queue_length["value"]),
+            activation_value=float(queue_length.get("activationValue", 0)),
+            message_rate=None if rate is None else float(rate["value"]),
+            activation_message_rate=0.0 if rate is None else float(rate.get("activationValue", 0)),
+            min_replica_count=int(spec.get("minReplicaCount", 0)),
+            max_replica_count=int(spec.get("maxReplicaCount", 100)),
+            polling_interval_s=float(spec.get("pollingInterval", 30)),
+            cooldown_period_s=float(spec.get("cooldownPeriod", 300)),
+            initial_cooldown_period_s=float(spec.get("initialCooldownPeriod", 0)),
+            protocol=protocols.pop(),
+            scale_up=scaling_rules_from_spec(behavior.get("scaleUp"), DEFAULT_SCALE_UP),
+            scale_down=scaling_rules_from_spec(behavior.get("scaleDown"), DEFAULT_SCALE_DOWN),
+            hpa_sync_period_s=hpa_sync_period_s,
+        )
+
     def describe(self) -> list[str]:
         """Human-readable lines of every parameter (printed by the demo)."""
         return [

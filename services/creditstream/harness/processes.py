@@ -83,13 +83,14 @@ def run_cli(
     ) as popen:
         try:
             stdout, stderr = popen.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(popen.pid, signal.SIGKILL)
             # NOTE: the group is gone, so the pipes reach EOF; bounded all the same.
+            stdout, stderr = "", ""
             with contextlib.suppress(subprocess.TimeoutExpired):
-                exc.stdout, exc.stderr = popen.communicate(timeout=10)
-            raise
+                stdout, stderr = popen.communicate(timeout=10)
+            raise subprocess.TimeoutExpired(argv, timeout, output=stdout, stderr=stderr) from None
         finally:
             # NOTE: the leader exited; what it left running in its group ends with it.
             if popen.poll() is not None:

@@ -120,8 +120,9 @@ def test_run_cli_past_its_timeout_leaves_no_grandchild(tmp_path: Path) -> None:
     pidfile = tmp_path / "worker.pid"
     script = f"sleep 120 & echo $! > {pidfile}; wait"
     started = time.monotonic()
-    with pytest.raises(subprocess.TimeoutExpired):
-        run_cli([], Settings(), timeout=2, command=["sh", "-c", script])
+    with pytest.raises(subprocess.TimeoutExpired) as raised:
+        run_cli([], Settings(), timeout=2, command=["sh", "-c", f"echo started; {script}"])
+    assert raised.value.output == "started\n"  # what it wrote before the timeout
     assert time.monotonic() - started < 15
     worker = int(pidfile.read_text())
     try:
