@@ -109,6 +109,11 @@ def test_burst_latency_splits_at_the_first_ready_consumer() -> None:
     }
     first, second = burst_latency(bursts, sent, stored)
     assert first["first_consumer_ready_after_s"] == 4.0
+    # NOTE: the producer process publishes its first record a moment after it was started.
+    assert first["first_publish_after_s"] == 0.0
+    assert first["first_consumer_ready_after_first_publish_s"] == 4.0
+    assert second["first_publish_after_s"] == 0.5
+    assert second["first_consumer_ready_after_first_publish_s"] == 0.0  # ready before it
     assert first["cold"]["records"] == 2 and first["cold"]["max_ms"] == 6000.0
     assert first["steady"]["records"] == 2 and first["steady"]["max_ms"] == pytest.approx(200.0)
     assert first["published_not_stored"] == 1
