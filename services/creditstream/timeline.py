@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,6 +55,7 @@ _INT_FIELDS = {
     "ready_live",
 }
 _FLOAT_FIELDS = {"t_s", "records_per_s", "p50_ms", "p99_ms", "publish_rate"}
+SUBTITLE_WIDTH = 110  # characters per subtitle line of the 10-inch timeline figure
 
 
 def _cell(value: Any) -> str:
@@ -292,5 +294,7 @@ def timeline_figure(rows: Sequence[TimelineRow], *, title: str, subtitle: str = 
                 fontsize=8,
                 color="0.3",
             )
-    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    # NOTE: 10 in at 10 pt hold ~130 characters a line; longer subtitles ran past both edges.
+    wrapped = textwrap.fill(subtitle, width=SUBTITLE_WIDTH) if subtitle else ""
+    fig.suptitle(title + (f"\n{wrapped}" if wrapped else ""), fontsize=10)
     return fig

@@ -180,3 +180,19 @@ def test_plot_without_live_ready_draws_only_the_trigger_metric() -> None:
 def test_plot_refuses_empty_timeline(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="empty"):
         plot_timeline([], tmp_path / "x.png", title="empty")
+
+
+def test_a_long_subtitle_stays_inside_the_figure() -> None:
+    # NOTE: the demo's subtitle (records, rule, batch, peaks) ran past both edges of the PNG.
+    import matplotlib.pyplot as plt
+
+    subtitle = "data set, 2 x 15,000 records at 500/s; QueueLength value=2000, " * 4
+    fig = timeline_figure(cycle(), title="test", subtitle=subtitle)
+    try:
+        fig.canvas.draw()
+        suptitle = fig._suptitle
+        assert suptitle is not None
+        box = suptitle.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, (box, fig.bbox)
+    finally:
+        plt.close(fig)
