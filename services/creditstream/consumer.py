@@ -12,6 +12,7 @@ Failure rules (tested in tests/integration and tests/faults):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -19,8 +20,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pika
 import pika.exceptions
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,6 +32,28 @@ from creditstream.batcher import MicroBatch, PendingMessage, Prediction, reply_b
 from creditstream.broker import BROKER_DOWN_ERRORS, ConnectInterrupted, connect
 from creditstream.codec import Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
+from creditstream.settlement import (
+    NOT_STORED,
+    STORE_REJECTED,
+    Ack,
+    Action,
+    BatchOutcome,
+    DeadLetter,
+    Delivery,
+    Hold,
+    Policy,
+    PublishPredictions,
+    Reply,
+    Requeue,
+    Retry,
+    Store,
+    StoreErrorKind,
+    StoreResult,
+    bisect_refused,
+    refused_by_delivery,
+    settle,
+)
+from creditstream.store import classify_store_error, store_error_detail
 from creditstream.topology import (
     DETAIL_HEADER,
     INDEX_HEADER,
@@ -80,6 +105,9 @@ class Consumer:
         self._max_records = settings.max_records_per_message
         self._last_delivery = time.monotonic()
         self.records_stored = 0
+        self.policy = Policy(
+            hold_max_s=settings.reconnect_max_s, delivery_limit=settings.delivery_limit
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -139,6 +167,7 @@ class Consumer:
             publisher = connection.channel()
             publisher.confirm_delivery()
             inbox: deque[tuple[Any, Any, bytes]] = deque()
+            settler = self._settler(channel, publisher)
             consumer_tag = channel.basic_consume(
                 self.topology.requests_queue,
                 on_message_callback=lambda _ch, method, props, body: inbox.append(
@@ -171,14 +200,15 @@ class Consumer:
                 got_new = bool(inbox)
                 while inbox:
                     method, props, body = inbox.popleft()
-                    self._accept(channel, publisher, batch, method, props, body)
+                    settler.received(method.delivery_tag)
+                    self._accept(batch, method, props, body)
                     if batch.is_full:
-                        self._flush(channel, publisher, batch)
+                        self._flush(settler, batch)
                         batch = MicroBatch(self.settings.batch_size)
                 if batch and (not got_new or batch.is_due(time.monotonic(), self._timeout_s)):
                     # NOTE: nothing more is waiting on the socket (or the oldest record has
                     # waited T ms): flush now rather than hold latency for a fuller batch.
-                    self._flush(channel, publisher, batch)
+                    self._flush(settler, batch)
                     batch = MicroBatch(self.settings.batch_size)
                 if cancelled and not inbox and not batch:
                     channel.close()
@@ -187,20 +217,29 @@ class Consumer:
         except BROKER_DOWN_ERRORS as exc:
             raise _BrokerLost(exc) from exc
 
+    def _settler(self, channel: BlockingChannel, publisher: BlockingChannel) -> Settler:
+        return Settler(
+            channel=channel,
+            publisher=publisher,
+            store=self.store,
+            topology=self.topology,
+            metrics=self.metrics,
+            health=self.health,
+            policy=self.policy,
+            model_version=self.scorer.version,
+            stop=self._stop,
+            sleep=channel.connection.sleep,
+        )
+
     def _idle_expired(self, batch: MicroBatch) -> bool:
         limit = self.settings.exit_when_idle_s
         return limit is not None and not batch and time.monotonic() - self._last_delivery >= limit
 
     # --- per message ----------------------------------------------------------------------
     def _accept(
-        self,
-        channel: BlockingChannel,
-        publisher: BlockingChannel,
-        batch: MicroBatch,
-        method: Any,
-        props: pika.BasicProperties,
-        body: bytes,
+        self, batch: MicroBatch, method: Any, props: pika.BasicProperties, body: bytes
     ) -> None:
+        """Decode one delivery into the batch; nothing is published or settled here."""
         now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
@@ -211,8 +250,6 @@ class Consumer:
             max_body_bytes=self._max_body_bytes,
             max_records=self._max_records,
         )
-        for rejection in decoded.rejections:
-            self._dead_letter(publisher, message_id, body, rejection)
         headers = props.headers or {}
         sent_at = headers.get(SENT_AT_HEADER)
         message = PendingMessage(
@@ -228,93 +265,18 @@ class Consumer:
             reply_to=props.reply_to,
             correlation_id=props.correlation_id,
             redelivered=bool(method.redelivered),
+            body=body,
+            attempt=_attempt(headers),
         )
-        if message.records:
-            batch.add(message, now)
-            return
-        self.metrics.messages.inc()
-        # Nothing to score: every record was dead-lettered (and confirmed) already.
-        if message.reply_to:
-            self._reply(channel, message, [])
-        channel.basic_ack(method.delivery_tag)
-
-    def _dead_letter(
-        self, publisher: BlockingChannel, message_id: str, body: bytes, rejection: Rejection
-    ) -> None:
-        payload = body if rejection.index is None else _encode_raw(rejection.raw, body)
-        headers: dict[str, Any] = {
-            REASON_HEADER: rejection.reason,
-            DETAIL_HEADER: rejection.detail[:500],
-            SOURCE_HEADER: message_id,
-        }
-        if rejection.index is not None:
-            headers[INDEX_HEADER] = rejection.index
-        # NOTE: confirmed publish: the original is acked only after the dead letter is safe.
-        publisher.basic_publish(
-            self.topology.dead_letter_exchange,
-            self.topology.dead_letter_queue,
-            payload,
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                headers=headers,
-                message_id=f"{message_id}#dead{rejection.index or 0}",
-            ),
-        )
-        self.metrics.dead_lettered.labels(rejection.reason).inc()
-        self.metrics.records.labels("rejected").inc()
-        log.warning(
-            "dead-lettered %s record %s: %s (%s)",
-            message_id,
-            rejection.index,
-            rejection.reason,
-            rejection.detail[:200],
-        )
+        batch.add(message, now)
 
     # --- per batch ------------------------------------------------------------------------
-    def _flush(
-        self, channel: BlockingChannel, publisher: BlockingChannel, batch: MicroBatch
-    ) -> None:
-        scored, failed = self._score(batch)
-        for message in failed:
-            # NOTE: requeue: the quorum queue counts it; past the delivery limit the broker
-            # dead-letters it, so a message that always fails cannot loop forever.
-            channel.basic_nack(message.delivery_tag, requeue=True)
-        if not scored:
-            return
-        predictions = [p for _, per_message in scored for p in per_message]
-        inserted = self._store_with_retry(channel, scored, predictions)
-        if inserted is None:
-            return  # stopping during a store outage: batch requeued
-        duplicates = len(predictions) - inserted
-        if duplicates:
-            self.metrics.duplicates.inc(duplicates)
-            log.info("%d records of this batch were already stored (redelivery)", duplicates)
-        publisher.basic_publish(
-            self.topology.predictions_exchange,
-            "",
-            encode_json([p.as_event() for p in predictions]),
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                message_id=f"predictions-{uuid.uuid4().hex}",
-                headers={
-                    "x-creditstream-model-version": self.scorer.version,
-                    "x-creditstream-records": len(predictions),
-                },
-            ),
-        )
-        for message, per_message in scored:
-            if message.reply_to:
-                self._reply(channel, message, per_message)
-        channel.basic_ack(max(m.delivery_tag for m, _ in scored), multiple=True)
-        done = time.time()
-        for message, _ in scored:
-            if message.sent_at is not None:
-                self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
-        self.metrics.records.labels("scored").inc(len(predictions))
-        self.metrics.messages.inc(len(scored))
-        self.records_stored += inserted
+    def _flush(self, settler: Settler, batch: MicroBatch) -> None:
+        scored, failed = self._score(batch) if batch.n_records else ([], [])
+        predictions = {message.delivery_tag: per_message for message, per_message in scored}
+        before = settler.records_stored
+        settler.settle_batch(batch.messages, predictions, {m.delivery_tag for m in failed})
+        self.records_stored += settler.records_stored - before
 
     def _score(
         self, batch: MicroBatch
@@ -342,6 +304,8 @@ class Consumer:
     ) -> tuple[list[tuple[PendingMessage, list[Prediction]]], list[PendingMessage]]:
         scored, failed = [], []
         for message in batch.messages:
+            if not message.records:
+                continue
             single = MicroBatch(batch.max_records)
             single.add(message, 0.0)
             try:
@@ -355,9 +319,11 @@ class Consumer:
             except Exception as exc:  # noqa: BLE001
                 self.metrics.scoring_failures.inc()
                 log.error(
-                    "scoring message %s failed (%s); requeued (delivery limit %d)",
+                    "scoring message %s failed (%s); returned for a later attempt "
+                    "(attempt %d, delivery limit %d)",
                     message.message_id,
                     exc,
+                    message.attempt + 1,
                     self.settings.delivery_limit,
                 )
                 failed.append(message)
@@ -365,54 +331,285 @@ class Consumer:
                 scored.append((message, predictions))
         return scored, failed
 
-    def _store_with_retry(
+
+class Settler:
+    """Executes the settlement policy's actions on a batch (the only I/O of settlement).
+
+    `channel` is the channel the deliveries came on (ack, nack, replies); `publisher` a
+    confirmed channel for dead letters and prediction events. Both are pika BlockingChannels in
+    the consumer and fakes in unit tests.
+    """
+
+    def __init__(
         self,
-        channel: BlockingChannel,
-        scored: list[tuple[PendingMessage, list[Prediction]]],
-        predictions: list[Prediction],
-    ) -> int | None:
-        delay = 0.2
+        *,
+        channel: Any,
+        publisher: Any,
+        store: ResultsStore,
+        topology: Topology,
+        metrics: ConsumerMetrics,
+        health: HealthState,
+        policy: Policy,
+        model_version: str,
+        stop: threading.Event,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.channel, self.publisher = channel, publisher
+        self.store, self.topology = store, topology
+        self.metrics, self.health = metrics, health
+        self.policy, self.model_version = policy, model_version
+        self.stop, self.sleep = stop, sleep
+        self.records_stored = 0
+        self._unsettled: set[int] = set()
+
+    def received(self, tag: int) -> None:
+        """A delivery arrived on the channel (and is not settled until an action says so)."""
+        self._unsettled.add(tag)
+
+    def settle_batch(
+        self,
+        messages: list[PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        scoring_failed: set[int],
+    ) -> None:
+        """Run the policy to the end for one batch: store (bisecting, holding), then settle."""
+        by_tag = {m.delivery_tag: m for m in messages}
+        deliveries = tuple(
+            Delivery(
+                tag=m.delivery_tag,
+                message_id=m.message_id,
+                n_records=len(m.records),
+                rejections=tuple(m.rejections),
+                reply_to=m.reply_to,
+                attempt=m.attempt,
+            )
+            for m in messages
+        )
+        result = NOT_STORED
         while True:
-            started = time.perf_counter()
-            try:
-                inserted = self.store.write(predictions)
-            except SQLAlchemyError as exc:
-                self.metrics.store_errors.inc()
-                self.health.store_ok = False
-                if self._stop.is_set():
-                    for message, _ in scored:
-                        channel.basic_nack(message.delivery_tag, requeue=True)
-                    log.error(
-                        "results store down while stopping; %d messages requeued", len(scored)
-                    )
-                    return None
+            outcome = BatchOutcome(
+                deliveries, frozenset(scoring_failed), result, stopping=self.stop.is_set()
+            )
+            actions = settle(outcome, self.policy)
+            first = actions[0] if actions else None
+            if isinstance(first, Store):
+                result = self._store(first, by_tag, predictions, result.failures)
+                continue
+            if isinstance(first, Hold):
                 log.warning(
                     "results store unavailable (%s); batch held, retry in %.1fs",
-                    str(exc).splitlines()[0][:200],
-                    delay,
+                    first.reason,
+                    first.delay_s,
                 )
-                # NOTE: connection.sleep keeps heartbeats flowing while we hold the batch; the
-                # beat keeps liveness green (a restart cannot fix the database), readiness is red.
+                # NOTE: the sleep keeps heartbeats flowing while we hold the batch; the beat
+                # keeps liveness green (a restart cannot fix the database), readiness is red.
                 self.health.beat()
-                channel.connection.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                self.sleep(first.delay_s)
+                result = StoreResult(failures=result.failures)
                 continue
-            self.metrics.store_seconds.observe(time.perf_counter() - started)
-            if not self.health.store_ok:
-                self.health.store_ok = True
-            return inserted
+            self.execute(actions, by_tag, predictions, result)
+            return
+
+    def _store(
+        self,
+        action: Store,
+        by_tag: dict[int, PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        failures: int,
+    ) -> StoreResult:
+        rows = [(tag, i) for tag in action.tags for i in range(len(predictions[tag]))]
+        started = time.perf_counter()
+        try:
+            inserted, refused = bisect_refused(
+                lambda part: self.store.write([predictions[tag][i] for tag, i in part]),
+                rows,
+                lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
+            )
+        except Exception as exc:  # noqa: BLE001 - classified: permanent ones never get here
+            self.metrics.store_errors.inc()
+            self.health.store_ok = False
+            return StoreResult(transient=store_error_detail(exc), failures=failures + 1)
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.health.store_ok = True
+        if refused:
+            self.metrics.store_errors.inc(len(refused))
+        stored = len(rows) - len(refused)
+        duplicates = stored - inserted
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+            log.info("%d records of this batch were already stored (redelivery)", duplicates)
+        self.records_stored += inserted
+        pairs = []
+        for position, error in refused:
+            tag, i = rows[position]
+            message = by_tag[tag]
+            record = message.records[i]
+            pairs.append(
+                (
+                    tag,
+                    Rejection(
+                        STORE_REJECTED,
+                        f"the results store refused the record: {store_error_detail(error)}",
+                        record.index,
+                        _raw_record(message, record.index),
+                    ),
+                )
+            )
+        return StoreResult(committed=True, refused=refused_by_delivery(pairs))
+
+    def execute(
+        self,
+        actions: list[Action],
+        by_tag: dict[int, PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        result: StoreResult,
+    ) -> None:
+        """Publish, reply and settle as the actions say, in their order."""
+        refused_index = {
+            tag: {r.index for r in rejections} for tag, rejections in result.refused.items()
+        }
+
+        def kept(tag: int) -> list[Prediction]:
+            gone = refused_index.get(tag, set())
+            message = by_tag[tag]
+            return [
+                p
+                for record, p in zip(message.records, predictions.get(tag, []), strict=False)
+                if record.index not in gone
+            ]
+
+        for action in actions:
+            if isinstance(action, DeadLetter):
+                self._dead_letter(by_tag[action.tag], action.rejection)
+            elif isinstance(action, PublishPredictions):
+                self._publish_predictions([p for tag in action.tags for p in kept(tag)])
+            elif isinstance(action, Reply):
+                self._reply(by_tag[action.tag], kept(action.tag), result)
+            elif isinstance(action, Ack):
+                self._ack(action.tags, by_tag)
+            elif isinstance(action, Retry):
+                # NOTE: requeue: the quorum queue counts it; past the delivery limit the
+                # broker dead-letters it, so a message that always fails cannot loop forever.
+                self.channel.basic_nack(action.tag, requeue=True)
+                self._unsettled.discard(action.tag)
+            elif isinstance(action, Requeue):
+                self.channel.basic_nack(action.tag, requeue=True)
+                self._unsettled.discard(action.tag)
+                log.error("results store down while stopping; message %d requeued", action.tag)
+
+    def _ack(self, tags: tuple[int, ...], by_tag: dict[int, PendingMessage]) -> None:
+        highest = max(tags)
+        settled = set(tags)
+        if all(tag in settled for tag in self._unsettled if tag <= highest):
+            self.channel.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                self.channel.basic_ack(tag)
+        self._unsettled -= settled
+        done = time.time()
+        n_records = 0
+        for tag in tags:
+            message = by_tag[tag]
+            n_records += len(message.records)
+            if message.sent_at is not None and message.records:
+                self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
+        self.metrics.messages.inc(len(tags))
+
+    def _dead_letter(self, message: PendingMessage, rejection: Rejection) -> None:
+        payload = (
+            message.body if rejection.index is None else _encode_raw(rejection.raw, message.body)
+        )
+        headers: dict[str, Any] = {
+            REASON_HEADER: rejection.reason,
+            DETAIL_HEADER: rejection.detail[:500],
+            SOURCE_HEADER: message.message_id,
+        }
+        if rejection.index is not None:
+            headers[INDEX_HEADER] = rejection.index
+        # NOTE: confirmed publish: the original is acked only after the dead letter is safe.
+        self.publisher.basic_publish(
+            self.topology.dead_letter_exchange,
+            self.topology.dead_letter_queue,
+            payload,
+            pika.BasicProperties(
+                content_type=_JSON,
+                delivery_mode=2,
+                headers=headers,
+                message_id=_short_id(f"{message.message_id}#dead{rejection.index or 0}"),
+            ),
+        )
+        self.metrics.dead_lettered.labels(rejection.reason).inc()
+        self.metrics.records.labels("rejected").inc()
+        log.warning(
+            "dead-lettered %s record %s: %s (%s)",
+            message.message_id[:200],
+            rejection.index,
+            rejection.reason,
+            rejection.detail[:200],
+        )
+
+    def _publish_predictions(self, predictions: list[Prediction]) -> None:
+        if not predictions:
+            return
+        self.publisher.basic_publish(
+            self.topology.predictions_exchange,
+            "",
+            encode_json([p.as_event() for p in predictions]),
+            pika.BasicProperties(
+                content_type=_JSON,
+                delivery_mode=2,
+                message_id=f"predictions-{uuid.uuid4().hex}",
+                headers={
+                    "x-creditstream-model-version": self.model_version,
+                    "x-creditstream-records": len(predictions),
+                },
+            ),
+        )
+        self.metrics.records.labels("scored").inc(len(predictions))
 
     def _reply(
-        self, channel: BlockingChannel, message: PendingMessage, predictions: list[Prediction]
+        self, message: PendingMessage, predictions: list[Prediction], result: StoreResult
     ) -> None:
+        refused = result.refused.get(message.delivery_tag, ())
+        if refused:
+            gone = {r.index for r in refused}
+            message = dataclasses.replace(
+                message,
+                records=[r for r in message.records if r.index not in gone],
+                rejections=[*message.rejections, *refused],
+            )
         # NOTE: replies are unconfirmed: the reply queue is the caller's and transient;
         # the durable copy of every prediction is the results store.
-        channel.basic_publish(
+        self.channel.basic_publish(
             "",
             message.reply_to or "",
             encode_json(reply_body(message, predictions)),
             pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
         )
+
+
+def _attempt(headers: dict[str, Any]) -> int:
+    """Deliveries before this one, as the quorum queue counts them (x-delivery-count)."""
+    count = headers.get("x-delivery-count")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _short_id(value: str) -> str:
+    """An AMQP message id (a short string: at most 255 bytes); longer ones are hashed."""
+    if len(value.encode("utf-8", "surrogatepass")) <= 255:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _raw_record(message: PendingMessage, index: int) -> Any:
+    """The record as it arrived (for a dead letter of a record the store refused)."""
+    try:
+        payload = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        return None
+    if message.is_batch and isinstance(payload, list) and 0 <= index < len(payload):
+        return payload[index]
+    return payload
 
 
 def _encode_raw(raw: Any, fallback: bytes) -> bytes:

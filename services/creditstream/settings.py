@@ -90,6 +90,20 @@ class Settings(BaseSettings):
     database_schema: str | None = Field(
         None, description="PostgreSQL schema for the predictions table (default: search_path)."
     )
+    database_connect_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Seconds a connection to the results database may take before the attempt "
+        "counts as a (transient) store failure.",
+    )
+    database_statement_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL statement_timeout of the results store's sessions: a write "
+        "slower than this is cancelled and retried as a transient store failure.",
+    )
 
     # --- data and model ---------------------------------------------------------------------
     data_path: Path = Field(

@@ -21,6 +21,9 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from creditstream.settlement import StoreErrorKind
 
 if TYPE_CHECKING:
     from creditstream.batcher import Prediction
@@ -53,6 +56,30 @@ def predictions_table(metadata: MetaData) -> Table:
             server_default=func.current_timestamp(),
         ),
     )
+
+
+def classify_store_error(exc: BaseException) -> StoreErrorKind:
+    """Transient (the database is away, slow or busy: retry) or permanent (this data never fits).
+
+    Permanent: DataError (value too long, NUL in text, bad encoding), IntegrityError, and a
+    value the driver cannot even send (UnicodeEncodeError for a lone surrogate, ValueError).
+    Everything else (OperationalError: connection, timeout, serialization failure, deadlock;
+    InterfaceError; a missing table) is transient.
+    """
+    if isinstance(exc, DataError | IntegrityError):
+        return StoreErrorKind.PERMANENT
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    if isinstance(exc, UnicodeError | ValueError | TypeError | OverflowError):
+        return StoreErrorKind.PERMANENT
+    return StoreErrorKind.TRANSIENT
+
+
+def store_error_detail(exc: BaseException) -> str:
+    """The first line of the database's (or driver's) message, without the SQL."""
+    orig = getattr(exc, "orig", None)
+    text_ = str(orig if orig is not None else exc).strip()
+    return (text_.splitlines()[0] if text_ else type(exc).__name__)[:300]
 
 
 def _utc(epoch_seconds: float) -> dt.datetime:
@@ -104,7 +131,23 @@ class ResultsStore:
     def from_settings(cls, settings: Settings) -> ResultsStore:
         """Engine from CREDITSTREAM_DATABASE_URL (pool pre-ping: survives DB restarts)."""
         url = settings.database_url.get_secret_value()
-        engine = create_engine(url, pool_pre_ping=True)
+        connect_args: dict[str, Any] = {}
+        if url.startswith("postgresql"):
+            # NOTE: bounded waits: a database that does not answer is a transient store error
+            # (batch held, readiness red), never a consumer stuck in a call.
+            statement_ms = int(settings.database_statement_timeout_s * 1000)
+            connect_args = {
+                "connect_timeout": settings.database_connect_timeout_s,
+                "options": f"-c statement_timeout={statement_ms}",
+            }
+        else:
+            connect_args = {"timeout": settings.database_connect_timeout_s}
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_timeout=settings.database_connect_timeout_s,
+            connect_args=connect_args,
+        )
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         return cls(engine, settings.database_schema)
