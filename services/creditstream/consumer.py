@@ -77,6 +77,14 @@ _IDLE_TICK_S = 0.25
 _JSON = "application/json"
 
 
+# Errors of one channel or one publish (not the connection) that end the serve loop: the
+# consumer reconnects instead of dying between the commit and the ack.
+_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.ShortStringTooLong,
+)
+
+
 class _BrokerLost(Exception):
     """The connection to the broker went away mid-serve."""
 
@@ -168,6 +176,10 @@ class Consumer:
             publisher.confirm_delivery()
             inbox: deque[tuple[Any, Any, bytes]] = deque()
             settler = self._settler(channel, publisher)
+            broker_cancelled = threading.Event()
+            # NOTE: the broker cancels a subscription when the queue is deleted or its node
+            # fails over; without this callback the loop would poll a dead subscription forever.
+            channel.add_on_cancel_callback(lambda _frame: broker_cancelled.set())
             consumer_tag = channel.basic_consume(
                 self.topology.requests_queue,
                 on_message_callback=lambda _ch, method, props, body: inbox.append(
@@ -190,6 +202,9 @@ class Consumer:
         try:
             while True:
                 self.health.beat()
+                if broker_cancelled.is_set():
+                    self.health.broker_connected = False
+                    raise _BrokerLost("the broker cancelled the subscription (queue deleted?)")
                 if not cancelled and (self._stop.is_set() or self._idle_expired(batch)):
                     # NOTE: dispatch what already arrived, then cancel: pika requeues only
                     # deliveries still undispatched, and we finish everything we hold.
@@ -214,8 +229,11 @@ class Consumer:
                     channel.close()
                     return True
                 connection.process_data_events(time_limit=0 if batch or inbox else _IDLE_TICK_S)
-        except BROKER_DOWN_ERRORS as exc:
-            raise _BrokerLost(exc) from exc
+        except (*BROKER_DOWN_ERRORS, *_CHANNEL_ERRORS) as exc:
+            # NOTE: a channel closed by the broker, a nacked or returned publish, a property
+            # too long to encode: the batch in hand is not acked; a new connection gets it
+            # redelivered, and the store's idempotency makes the second pass harmless.
+            raise _BrokerLost(f"{type(exc).__name__}: {exc}") from exc
 
     def _settler(self, channel: BlockingChannel, publisher: BlockingChannel) -> Settler:
         return Settler(

@@ -1,0 +1,120 @@
+"""The broker takes things away under a running consumer: it reconnects instead of idling or
+dying (issue 9: cancel notifications, ChannelClosedByBroker after the commit)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+
+import pika
+import pytest
+
+from creditstream.consumer import Consumer
+from creditstream.metrics import ConsumerMetrics, HealthState
+from creditstream.scoring import OnnxScorer
+from creditstream.settings import Settings
+from creditstream.store import ResultsStore
+from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY
+from tests.helpers import AMQP_URL, ready_in_queue, stored_rows, wait_until
+from tests.integration.test_bad_input_and_rpc import drain_dead_letters, good, publish
+
+pytestmark = pytest.mark.integration
+
+
+def _admin(action: Callable[[pika.adapters.blocking_connection.BlockingChannel], None]) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        action(connection.channel())
+    finally:
+        connection.close()
+
+
+class _Running:
+    def __init__(self, settings: Settings) -> None:
+        self.store = ResultsStore.from_settings(settings)
+        self.health = HealthState()
+        self.consumer = Consumer(
+            settings, OnnxScorer.from_settings(settings), self.store, ConsumerMetrics(), self.health
+        )
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.consumer.run()
+        except BaseException as exc:
+            self.errors.append(exc)
+            raise
+
+    def __enter__(self) -> _Running:
+        self.thread.start()
+        wait_until(lambda: self.health.broker_connected, timeout=20, message="consumer up")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.consumer.request_stop()
+        self.thread.join(timeout=30)
+        self.store.dispose()
+
+
+@pytest.mark.timeout(90)
+def test_a_cancelled_subscription_turns_readiness_red_and_reconnects(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(reconnect_max_s=0.5)
+    with _Running(settings) as running:
+        seen_not_ready, done = threading.Event(), threading.Event()
+
+        def watch() -> None:
+            while running.thread.is_alive() and not done.is_set():
+                if not running.health.ready:
+                    seen_not_ready.set()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        # The queue goes away (an operator, a failover): the broker cancels the subscription.
+        _admin(lambda ch: ch.queue_delete(settings.requests_queue))
+        wait_until(
+            lambda: running.consumer.metrics.reconnects._value.get() >= 1,
+            timeout=20,
+            message="the consumer reconnects after the cancel",
+        )
+        publish(settings, json.dumps(good("after-cancel")).encode(), message_id="after-cancel")
+        wait_until(lambda: len(stored_rows(settings)) == 1, timeout=20, message="stored")
+        done.set()
+        watcher.join(timeout=5)
+        assert seen_not_ready.is_set(), "readiness went red while the subscription was gone"
+        assert running.health.ready and not running.errors
+    assert [r for _, r, _ in stored_rows(settings)] == ["after-cancel"]
+
+
+@pytest.mark.timeout(90)
+def test_channel_closed_by_the_broker_after_the_commit_reconnects_instead_of_crashing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(reconnect_max_s=0.5)
+    with _Running(settings) as running:
+        # The dead-letter exchange is gone: publishing the dead letter (after the good record
+        # of the same message was committed) closes the channel with 404 NOT_FOUND.
+        _admin(lambda ch: ch.exchange_delete(settings.dead_letter_exchange))
+        body = json.dumps([good("kept"), {**good("bad"), "SEX": 9}]).encode()
+        _admin(
+            lambda ch: ch.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                body,
+                pika.BasicProperties(content_type="application/json", message_id="mixed"),
+            )
+        )
+        wait_until(
+            lambda: running.consumer.metrics.reconnects._value.get() >= 1 or running.errors,
+            timeout=20,
+            message="a reconnect (or a crash)",
+        )
+        assert not running.errors, f"the consumer crashed: {running.errors!r}"
+        dead = drain_dead_letters(settings, expected=1, timeout=20)
+        assert running.thread.is_alive() and running.health.ready
+    assert [h[REASON_HEADER] for h, _ in dead] == ["out-of-range"]
+    assert [r for _, r, _ in stored_rows(settings)] == ["kept"]
+    assert ready_in_queue(settings) == 0
