@@ -16,7 +16,7 @@ from typing import Any
 
 import pika
 
-from creditstream.topology import REASON_HEADER, SOURCE_HEADER
+from creditstream.topology import ATTEMPT_HEADER, REASON_HEADER, SOURCE_HEADER
 
 
 class ChannelLost(ConnectionError):
@@ -35,6 +35,8 @@ class Message:
     dead_by_broker: bool = False
     dead_letters_published_then_lost: int = 0
     dead_letters_this_delivery: int = 0
+    attempt: int = 0
+    retry_of: Message | None = None
 
 
 @dataclass
@@ -49,7 +51,7 @@ class FakeBroker:
     dead_letters: list[tuple[dict[str, Any], bytes, str]] = field(default_factory=list)
     predictions: list[bytes] = field(default_factory=list)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
-    returned: int = 0
+    retried: int = 0
     violations: list[str] = field(default_factory=list)
     _tags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -60,6 +62,15 @@ class FakeBroker:
         self.ready.append(message)
         return message
 
+    def retry(self, body: bytes, props: pika.BasicProperties) -> None:
+        """A copy published to the retry queue: after the delay it is a new message."""
+        original = next(m for m in reversed(self.messages) if m.message_id == props.message_id)
+        copy = Message(body, original.message_id, original.reply_to, retry_of=original)
+        copy.attempt = int((props.headers or {})[ATTEMPT_HEADER])
+        self.messages.append(copy)
+        self.ready.append(copy)
+        self.retried += 1
+
     def deliver(self, n: int) -> list[tuple[Any, pika.BasicProperties, bytes]]:
         """Up to n ready messages as (method, properties, body), as pika hands them over."""
         out = []
@@ -68,7 +79,11 @@ class FakeBroker:
             tag = next(self._tags)
             self.unacked[tag] = message
             method = SimpleNamespace(delivery_tag=tag, redelivered=message.deliveries > 0)
-            headers = {"x-delivery-count": message.deliveries} if message.deliveries else {}
+            headers: dict[str, Any] = (
+                {"x-delivery-count": message.deliveries} if message.deliveries else {}
+            )
+            if message.attempt:
+                headers[ATTEMPT_HEADER] = message.attempt
             props = pika.BasicProperties(
                 content_type="application/json",
                 message_id=message.message_id,
@@ -159,6 +174,9 @@ class FakeChannel:
             for message in self.broker.messages:
                 if message.message_id == headers.get(SOURCE_HEADER):
                     message.dead_letters_this_delivery += 1
+        elif exchange == "" and ".retry-" in routing_key:
+            assert properties is not None
+            self.broker.retry(body, properties)
         elif exchange == "":
             self.broker.replies.append((routing_key, body))
         else:

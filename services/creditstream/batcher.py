@@ -33,6 +33,7 @@ class PendingMessage:
     redelivered: bool = False
     body: bytes = b""
     attempt: int = 0
+    properties: Any = None
 
 
 @dataclass(frozen=True, slots=True)

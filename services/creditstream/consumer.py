@@ -55,6 +55,7 @@ from creditstream.settlement import (
 )
 from creditstream.store import classify_store_error, store_error_detail
 from creditstream.topology import (
+    ATTEMPT_HEADER,
     DETAIL_HEADER,
     INDEX_HEADER,
     REASON_HEADER,
@@ -114,7 +115,9 @@ class Consumer:
         self._last_delivery = time.monotonic()
         self.records_stored = 0
         self.policy = Policy(
-            hold_max_s=settings.reconnect_max_s, delivery_limit=settings.delivery_limit
+            retry_delay_s=settings.retry_delay_ms / 1000.0,
+            hold_max_s=settings.reconnect_max_s,
+            delivery_limit=settings.delivery_limit,
         )
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -285,6 +288,7 @@ class Consumer:
             redelivered=bool(method.redelivered),
             body=body,
             attempt=_attempt(headers),
+            properties=props,
         )
         batch.add(message, now)
 
@@ -506,14 +510,44 @@ class Settler:
             elif isinstance(action, Ack):
                 self._ack(action.tags, by_tag)
             elif isinstance(action, Retry):
-                # NOTE: requeue: the quorum queue counts it; past the delivery limit the
-                # broker dead-letters it, so a message that always fails cannot loop forever.
-                self.channel.basic_nack(action.tag, requeue=True)
-                self._unsettled.discard(action.tag)
+                self._retry(by_tag[action.tag], action)
             elif isinstance(action, Requeue):
                 self.channel.basic_nack(action.tag, requeue=True)
                 self._unsettled.discard(action.tag)
                 log.error("results store down while stopping; message %d requeued", action.tag)
+
+    def _retry(self, message: PendingMessage, action: Retry) -> None:
+        # NOTE: the copy waits in the retry queue (TTL enforced by the broker), then the
+        # broker dead-letters it back to the requests exchange. Confirmed before the original
+        # is acked: a crash in between leaves two copies, which the idempotent store absorbs.
+        props = message.properties or pika.BasicProperties()
+        headers = {**(props.headers or {}), ATTEMPT_HEADER: action.attempt}
+        headers.pop("x-delivery-count", None)
+        headers.pop("x-death", None)
+        self.publisher.basic_publish(
+            "",
+            self.topology.retry_queue,
+            message.body,
+            pika.BasicProperties(
+                content_type=props.content_type,
+                delivery_mode=2,
+                message_id=props.message_id,
+                correlation_id=props.correlation_id,
+                reply_to=props.reply_to,
+                headers=headers,
+            ),
+            mandatory=True,
+        )
+        self.channel.basic_ack(action.tag)
+        self._unsettled.discard(action.tag)
+        self.metrics.retried.inc()
+        log.warning(
+            "message %s returns in %.1fs (attempt %d of %d)",
+            message.message_id[:200],
+            action.delay_s,
+            action.attempt + 1,
+            self.policy.delivery_limit,
+        )
 
     def _ack(self, tags: tuple[int, ...], by_tag: dict[int, PendingMessage]) -> None:
         highest = max(tags)
@@ -607,8 +641,8 @@ class Settler:
 
 
 def _attempt(headers: dict[str, Any]) -> int:
-    """Deliveries before this one, as the quorum queue counts them (x-delivery-count)."""
-    count = headers.get("x-delivery-count")
+    """Scoring attempts before this delivery (the retry queue's header)."""
+    count = headers.get(ATTEMPT_HEADER)
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 

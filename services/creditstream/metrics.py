@@ -105,7 +105,13 @@ class ConsumerMetrics:
         )
         self.scoring_failures = Counter(
             "creditstream_scoring_failures_total",
-            "Messages whose scoring failed (requeued).",
+            "Scoring attempts that failed for a message (retried later, or dead-lettered "
+            "with reason scoring-failed at the delivery limit).",
+            registry=r,
+        )
+        self.retried = Counter(
+            "creditstream_retried_messages_total",
+            "Messages sent to the retry queue after a scoring failure (they come back later).",
             registry=r,
         )
         self.store_errors = Counter(

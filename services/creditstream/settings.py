@@ -70,6 +70,14 @@ class Settings(BaseSettings):
         "before the broker dead-letters a message. Changing it on an existing queue needs a "
         "policy.",
     )
+    retry_delay_ms: int = Field(
+        1000,
+        ge=1,
+        le=3_600_000,
+        description="A message whose scoring failed (the model, not the input) waits this long "
+        "in the retry queue (broker-side TTL) before it comes back; after delivery_limit "
+        "attempts it is dead-lettered with reason scoring-failed.",
+    )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
     )

@@ -86,15 +86,10 @@ class BatchOutcome:
 class Policy:
     """The knobs of the rules (from settings)."""
 
-    retry_base_s: float = 1.0
-    retry_max_s: float = 60.0
+    retry_delay_s: float = 1.0
     hold_base_s: float = 0.2
     hold_max_s: float = 10.0
     delivery_limit: int = 20
-
-    def retry_delay(self, attempt: int) -> float:
-        """Delay before a delivery whose scoring failed comes back (exponential in attempts)."""
-        return min(self.retry_base_s * 2 ** min(attempt, 30), self.retry_max_s)
 
     def hold_delay(self, failures: int) -> float:
         """Pause before retrying a store that failed transiently `failures` times in a row."""
@@ -148,10 +143,12 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Return a delivery whose scoring failed, to come back after `delay_s` (broker-enforced)."""
+    """Send a delivery whose scoring failed to the retry queue (it comes back after `delay_s`,
+    enforced by the broker, as attempt `attempt`), then ack it."""
 
     tag: int
     delay_s: float
+    attempt: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +174,20 @@ def settle(outcome: BatchOutcome, policy: Policy = Policy()) -> list[Action]:
     actions: list[Action] = []
     acked: list[int] = []
     for delivery in outcome.deliveries:
+        rejections = list(delivery.rejections)
         if delivery.tag in outcome.scoring_failed:
-            actions.append(Retry(delivery.tag, policy.retry_delay(delivery.attempt)))
-            continue
-        for rejection in (*delivery.rejections, *store.refused.get(delivery.tag, ())):
+            if delivery.attempt + 1 < policy.delivery_limit:
+                actions.append(Retry(delivery.tag, policy.retry_delay_s, delivery.attempt + 1))
+                continue
+            # NOTE: the whole body, once: its other records are not scored either.
+            rejections = [
+                Rejection(
+                    SCORING_FAILED,
+                    f"scoring failed {delivery.attempt + 1} times (delivery limit "
+                    f"{policy.delivery_limit})",
+                )
+            ]
+        for rejection in (*rejections, *store.refused.get(delivery.tag, ())):
             actions.append(DeadLetter(delivery.tag, rejection))
         acked.append(delivery.tag)
     published = tuple(d.tag for d in scored if len(store.refused.get(d.tag, ())) < d.n_records)

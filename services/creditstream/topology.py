@@ -26,6 +26,8 @@ INDEX_HEADER: Final = "x-creditstream-record-index"
 SOURCE_HEADER: Final = "x-creditstream-source-message-id"
 # Publish time in integer microseconds since the epoch (AMQP tables have no float type).
 SENT_AT_HEADER: Final = "x-creditstream-sent-at-us"
+# Scoring attempts before this delivery (set when a message goes through the retry queue).
+ATTEMPT_HEADER: Final = "x-creditstream-attempt"
 PRECONDITION_FAILED: Final = 406
 
 
@@ -47,6 +49,7 @@ class Topology:
     dead_letter_queue: str
     predictions_exchange: str
     delivery_limit: int
+    retry_delay_ms: int = 1000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -58,7 +61,28 @@ class Topology:
             dead_letter_queue=settings.dead_letter_queue,
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
+            retry_delay_ms=settings.retry_delay_ms,
         )
+
+    @property
+    def retry_queue(self) -> str:
+        """Where a message whose scoring failed waits before it returns to the requests queue.
+
+        NOTE: the delay is in the name: queue arguments cannot change in place, so another
+        delay is another queue (an old one drains itself into the requests queue).
+        """
+        return retry_queue_name(self.requests_queue, self.retry_delay_ms)
+
+    def retry_queue_arguments(self) -> dict[str, Any]:
+        """The broker holds each message retry_delay_ms, then dead-letters it back."""
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": self.retry_delay_ms,
+            "x-dead-letter-exchange": self.requests_exchange,
+            "x-dead-letter-routing-key": REQUEST_ROUTING_KEY,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
     def requests_queue_arguments(self) -> dict[str, Any]:
         """Quorum queue: the broker counts deliveries, so a poison message cannot loop forever.
@@ -103,6 +127,14 @@ class Topology:
         channel.queue_bind(
             self.requests_queue, self.requests_exchange, routing_key=REQUEST_ROUTING_KEY
         )
+        channel.queue_declare(
+            self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
+        )
+
+
+def retry_queue_name(requests_queue: str, delay_ms: int) -> str:
+    """The retry queue of a requests queue for one delay."""
+    return f"{requests_queue}.retry-{delay_ms}ms"
 
 
 def isolated_names(prefix: str) -> dict[str, str]:
@@ -161,7 +193,8 @@ def delete_topology(settings: Settings) -> None:
         log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)
         return
     try:
-        for queue in (settings.requests_queue, settings.dead_letter_queue):
+        retry = retry_queue_name(settings.requests_queue, settings.retry_delay_ms)
+        for queue in (settings.requests_queue, settings.dead_letter_queue, retry):
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.channel().queue_delete(queue)
         for exchange in (

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
@@ -118,3 +120,60 @@ def test_channel_closed_by_the_broker_after_the_commit_reconnects_instead_of_cra
     assert [h[REASON_HEADER] for h, _ in dead] == ["out-of-range"]
     assert [r for _, r, _ in stored_rows(settings)] == ["kept"]
     assert ready_in_queue(settings) == 0
+
+
+def _dead_count(settings: Settings) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        frame = connection.channel().queue_declare(settings.dead_letter_queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
+
+
+class _FailsForAWhile:
+    """A model that fails every call for `seconds` after its first call (a short outage)."""
+
+    def __init__(self, inner: OnnxScorer, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+        self.version, self.threshold = inner.version, inner.threshold
+        self.started: float | None = None
+        self.failures = 0
+
+    def predict_default_probability(self, features: Any) -> Any:
+        now = time.monotonic()
+        self.started = self.started if self.started is not None else now
+        if now - self.started < self.seconds:
+            self.failures += 1
+            raise RuntimeError("model briefly unavailable")
+        return self.inner.predict_default_probability(features)
+
+
+@pytest.mark.timeout(90)
+def test_a_two_second_model_fault_does_not_burn_the_delivery_limit(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(delivery_limit=5, retry_delay_ms=1000, batch_timeout_ms=20)
+    store = ResultsStore.from_settings(settings)
+    scorer = _FailsForAWhile(OnnxScorer.from_settings(settings), seconds=2.0)
+    consumer = Consumer(settings, scorer, store)  # type: ignore[arg-type]
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: consumer.health.broker_connected, timeout=20, message="consumer up")
+        for i in range(20):
+            publish(settings, json.dumps(good(f"r{i}")).encode(), message_id=f"r{i}")
+        wait_until(
+            lambda: len(stored_rows(settings)) == 20 or _dead_count(settings) > 0,
+            timeout=30,
+            message="all stored (or something dead-lettered)",
+        )
+        dead = drain_dead_letters(settings, expected=1, timeout=1)
+    finally:
+        consumer.request_stop()
+        thread.join(timeout=30)
+        store.dispose()
+    assert not dead, "nothing dead-lettered: the broker spaced the retries out"
+    assert len(stored_rows(settings)) == 20
+    # With a 1 s broker-side delay a 2 s fault costs each message at most ~3 attempts.
+    assert consumer.metrics.scoring_failures._value.get() <= 20 * 3

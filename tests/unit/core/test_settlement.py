@@ -19,6 +19,7 @@ from creditstream.codec import Rejection
 from creditstream.consumer import Consumer, Settler
 from creditstream.settings import Settings
 from creditstream.settlement import (
+    SCORING_FAILED,
     STORE_REJECTED,
     Ack,
     BatchOutcome,
@@ -37,7 +38,7 @@ from creditstream.settlement import (
     settle,
 )
 from creditstream.store import classify_store_error
-from creditstream.topology import REASON_HEADER
+from creditstream.topology import REASON_HEADER, SOURCE_HEADER
 from tests.fake_broker import ChannelLost, FakeBroker, FakeChannel, Message
 from tests.settlement_rules import (
     POISON_LIMIT_BAL,
@@ -95,13 +96,22 @@ def test_transient_store_error_while_stopping_requeues_and_dead_letters_nothing(
 def test_scoring_failure_is_retried_with_growing_delay_and_publishes_nothing() -> None:
     deliveries = (Delivery(1, "a", 1, (BAD,), attempt=3), Delivery(2, "b", 1, reply_to="r"))
     outcome = BatchOutcome(deliveries, frozenset({1}), StoreResult(committed=True))
-    policy = Policy(retry_base_s=1.0, retry_max_s=60.0)
+    policy = Policy(retry_delay_s=2.0, delivery_limit=5)
     assert settle(outcome, policy) == [
-        Retry(1, 8.0),
+        Retry(1, 2.0, 4),
         PublishPredictions((2,)),
         Reply(2),
         Ack((2,)),
     ]
+
+
+def test_scoring_failing_up_to_the_delivery_limit_dead_letters_the_whole_body_once() -> None:
+    deliveries = (Delivery(1, "a", 2, (BAD,), attempt=4), Delivery(2, "b", 1))
+    outcome = BatchOutcome(deliveries, frozenset({1}), StoreResult(committed=True))
+    actions = settle(outcome, Policy(delivery_limit=5))
+    assert [type(a) for a in actions] == [DeadLetter, PublishPredictions, Ack]
+    assert isinstance(actions[0], DeadLetter) and actions[0].rejection.reason == SCORING_FAILED
+    assert actions[0].rejection.index is None and actions[2] == Ack((1, 2))
 
 
 def test_refused_records_are_dead_lettered_and_a_fully_refused_delivery_publishes_nothing() -> None:
@@ -182,7 +192,8 @@ def run_on_fake(rule: Rule) -> tuple[MemoryStore, FakeBroker, Consumer]:
     store = FaultyStore(memory, transient_failures=rule.store_transient_failures)
     scorer = FlakyScorer(ConstantScorer(), rule.scoring_failures_before_success)
     consumer = make_consumer(store, scorer)
-    broker = FakeBroker(durable=lambda m: stored_before_ack(memory, m))
+    broker = FakeBroker()
+    broker.durable = lambda m: durable(memory, broker, m)
     for body, message_id in rule.messages:
         broker.publish(body, message_id)
     channel = FakeChannel(broker)
@@ -192,6 +203,19 @@ def run_on_fake(rule: Rule) -> tuple[MemoryStore, FakeBroker, Consumer]:
             break
         flush_once(consumer, settler, broker, n=len(rule.messages))
     return memory, broker, consumer
+
+
+def durable(memory: MemoryStore, broker: FakeBroker, message: Message) -> bool:
+    """Stored, or a copy in the retry queue, or the whole message dead-lettered (scoring kept
+    failing) before the ack."""
+    return (
+        stored_before_ack(memory, message)
+        or any(m.retry_of is message for m in broker.messages)
+        or any(
+            h[REASON_HEADER] == SCORING_FAILED and h[SOURCE_HEADER] == message.message_id
+            for h, _, _ in broker.dead_letters
+        )
+    )
 
 
 def stored_before_ack(memory: MemoryStore, message: Message) -> bool:
@@ -221,7 +245,7 @@ def test_failure_rules_on_a_fake_channel(rule: Rule) -> None:
     assert all(m.acked == 1 for m in broker.messages), "each message acked exactly once"
     assert sorted(memory.record_ids()) == sorted(rule.stored)
     assert Counter(h[REASON_HEADER] for h, _, _ in broker.dead_letters) == rule.dead
-    returned = sum(m.deliveries - 1 for m in broker.messages)
+    returned = broker.retried + sum(m.deliveries - 1 for m in broker.messages)
     assert returned >= rule.returned_at_least
     assert consumer.metrics.store_errors._value.get() >= rule.store_transient_failures
 
@@ -235,9 +259,8 @@ class SettlementMachine(RuleBasedStateMachine):
         self.memory = MemoryStore()
         self.store = FaultyStore(self.memory)
         self.scorer = FlakyScorer(ConstantScorer(), 0)
-        self.broker = FakeBroker(
-            delivery_limit=4, durable=lambda m: stored_before_ack(self.memory, m)
-        )
+        self.broker = FakeBroker(delivery_limit=4)
+        self.broker.durable = lambda m: durable(self.memory, self.broker, m)
         self.consumer = make_consumer(self.store, self.scorer, delivery_limit=4)
         self.restart()
         self.next_id = 0
