@@ -29,7 +29,12 @@ import pika.exceptions
 from sqlalchemy.exc import SQLAlchemyError
 
 from creditstream.batcher import MicroBatch, PendingMessage, Prediction, reply_body
-from creditstream.broker import BROKER_DOWN_ERRORS, ConnectInterrupted, connect
+from creditstream.broker import (
+    BROKER_DOWN_ERRORS,
+    ConnectInterrupted,
+    connect,
+    interruptible_sleep,
+)
 from creditstream.codec import Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
 from creditstream.settlement import (
@@ -145,7 +150,13 @@ class Consumer:
                     log.error("broker unreachable, giving up: %s", exc)
                     return 2
                 log.warning("broker unreachable (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                # NOTE: the loop is alive and retrying: liveness stays green (a restart
+                # cannot bring the broker back; readiness is red). The sleep polls the stop
+                # event rather than Event.wait: a signal handler setting the event while
+                # this thread holds its lock would deadlock.
+                self.health.beat()
+                interruptible_sleep(self._stop)(delay)
+                self.health.beat()
                 delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue
             if not first:

@@ -3,9 +3,12 @@ dying (issue 9: cancel notifications, ChannelClosedByBroker after the commit).""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +21,7 @@ from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY
-from tests.helpers import AMQP_URL, ready_in_queue, stored_rows, wait_until
+from tests.helpers import AMQP_URL, free_port, ready_in_queue, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import drain_dead_letters, good, publish
 
 pytestmark = pytest.mark.integration
@@ -177,3 +180,95 @@ def test_a_two_second_model_fault_does_not_burn_the_delivery_limit(
     assert len(stored_rows(settings)) == 20
     # With a 1 s broker-side delay a 2 s fault costs each message at most ~3 attempts.
     assert consumer.metrics.scoring_failures._value.get() <= 20 * 3
+
+
+class _Forwarder:
+    """A TCP forwarder to the broker that a test can take away (refusing connections) and
+    bring back on the same port: a broker outage for one consumer only."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # NOTE: shutdown wakes the thread blocked in accept(); close alone would leave
+            # the socket listening until that accept returned.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        for s in self._sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        self._sockets.clear()
+
+
+@pytest.mark.timeout(90)
+def test_liveness_stays_green_through_a_long_broker_outage(
+    make_settings: Callable[..., Settings],
+) -> None:
+    url = urllib.parse.urlsplit(AMQP_URL)
+    forwarder = _Forwarder((url.hostname or "127.0.0.1", url.port or 5672))
+    forwarder.start()
+    proxied = AMQP_URL.replace(f":{url.port or 5672}/", f":{forwarder.port}/")
+    settings = make_settings(amqp_url=proxied, reconnect_max_s=0.5, heartbeat_s=2)
+    store = ResultsStore.from_settings(settings)
+    health = HealthState(stall_after_s=1.5)
+    consumer = Consumer(
+        settings, OnnxScorer.from_settings(settings), store, ConsumerMetrics(), health
+    )
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: health.broker_connected, timeout=20, message="consumer up")
+        forwarder.stop()  # the broker is gone for this consumer (refused, connections cut)
+        wait_until(lambda: not health.broker_connected, timeout=20, message="outage seen")
+        live = []
+        deadline = time.monotonic() + 5.0  # more than three times the stall limit
+        while time.monotonic() < deadline:
+            live.append(health.live)
+            time.sleep(0.1)
+        assert not health.ready, "readiness is red while the broker is away"
+        forwarder.start()
+        wait_until(lambda: health.broker_connected, timeout=30, message="reconnected")
+    finally:
+        forwarder.stop()
+        consumer.request_stop()
+        thread.join(timeout=30)
+        store.dispose()
+    assert all(live), "liveness stayed green: a restart cannot bring the broker back"
