@@ -589,18 +589,44 @@ class Settler:
         }
         if rejection.index is not None:
             headers[INDEX_HEADER] = rejection.index
-        # NOTE: confirmed publish: the original is acked only after the dead letter is safe.
-        self.publisher.basic_publish(
-            self.topology.dead_letter_exchange,
-            self.topology.dead_letter_queue,
-            payload,
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                headers=headers,
-                message_id=_short_id(f"{message.message_id}#dead{rejection.index or 0}"),
-            ),
+        properties = pika.BasicProperties(
+            content_type=_JSON,
+            delivery_mode=2,
+            headers=headers,
+            message_id=_short_id(f"{message.message_id}#dead{rejection.index or 0}"),
         )
+        delay = self.policy.hold_base_s
+        while True:
+            try:
+                # NOTE: confirmed and mandatory: the original is acked only after the dead
+                # letter is in a queue. Unroutable (nothing bound) or nacked (the dead-letter
+                # queue refuses, e.g. full): keep the delivery unacked and try again.
+                self.publisher.basic_publish(
+                    self.topology.dead_letter_exchange,
+                    self.topology.dead_letter_queue,
+                    payload,
+                    properties,
+                    mandatory=True,
+                )
+            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                self.metrics.unroutable.inc()
+                self.health.publish_ok = False
+                if self.stop.is_set():
+                    raise  # stopping: the delivery goes back unacked (redelivered later)
+                log.error(
+                    "dead letter of %s %s by the broker (exchange %s); request kept unacked, "
+                    "retry in %.1fs",
+                    message.message_id[:200],
+                    "returned" if isinstance(exc, pika.exceptions.UnroutableError) else "nacked",
+                    self.topology.dead_letter_exchange,
+                    delay,
+                )
+                self.health.beat()
+                self.sleep(delay)
+                delay = min(delay * 2, self.policy.hold_max_s)
+                continue
+            break
+        self.health.publish_ok = True
         self.metrics.dead_lettered.labels(rejection.reason).inc()
         self.metrics.records.labels("rejected").inc()
         log.warning(

@@ -114,6 +114,12 @@ class ConsumerMetrics:
             "Messages sent to the retry queue after a scoring failure (they come back later).",
             registry=r,
         )
+        self.unroutable = Counter(
+            "creditstream_unroutable_publishes_total",
+            "Dead letters the broker returned as unroutable or nacked (the request is kept "
+            "unacked and the publish retried).",
+            registry=r,
+        )
         self.store_errors = Counter(
             "creditstream_store_errors_total",
             "Failed results-store transactions (retried).",
@@ -137,6 +143,7 @@ class HealthState:
     model_loaded: bool = False
     broker_connected: bool = False
     store_ok: bool = False
+    publish_ok: bool = True
     draining: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
@@ -152,7 +159,13 @@ class HealthState:
     @property
     def ready(self) -> bool:
         """Able to take work now."""
-        return self.model_loaded and self.broker_connected and self.store_ok and not self.draining
+        return (
+            self.model_loaded
+            and self.broker_connected
+            and self.store_ok
+            and self.publish_ok
+            and not self.draining
+        )
 
     def describe(self) -> dict[str, Any]:
         """The readiness components, for the /readyz body."""
@@ -160,6 +173,7 @@ class HealthState:
             "model_loaded": self.model_loaded,
             "broker_connected": self.broker_connected,
             "store_ok": self.store_ok,
+            "publish_ok": self.publish_ok,
             "draining": self.draining,
         }
 

@@ -96,6 +96,11 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.dead_letter_queue,
+            # NOTE: at-least-once: a message past the delivery limit leaves the queue only
+            # once the dead-letter queue confirmed it (the default, at-most-once, drops it when
+            # the dead-letter queue cannot take it). RabbitMQ requires reject-publish with it.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
 
     def declare(self, channel: BlockingChannel) -> None:
@@ -110,7 +115,10 @@ class Topology:
                 f"(e.g. {self.requests_queue!r} with another x-delivery-limit or queue type). "
                 "Queue arguments cannot change in place: drain and delete the queue "
                 "(rabbitmqctl delete_queue NAME), or set CREDITSTREAM_REQUESTS_QUEUE to a new "
-                "name, or keep the old value of CREDITSTREAM_DELIVERY_LIMIT."
+                "name, or keep the old value of CREDITSTREAM_DELIVERY_LIMIT. A requests queue "
+                "declared before x-dead-letter-strategy=at-least-once and "
+                "x-overflow=reject-publish were added needs the same: drain it (stop the "
+                "producers, let the old consumers empty it) and delete it."
             ) from exc
 
     def _declare(self, channel: BlockingChannel) -> None:
