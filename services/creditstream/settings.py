@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,18 @@ class Settings(BaseSettings):
         1024, ge=1, le=65_535, description="AMQP prefetch (unacked deliveries per consumer)."
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=256, description="Bodies larger than this are dead-lettered unread."
+        262_144,
+        ge=256,
+        description="Bodies larger than this are dead-lettered unread (about 790 records of "
+        "the contract fit in the default). prefetch x max_body_bytes must fit "
+        "memory_budget_bytes.",
+    )
+    memory_budget_bytes: int = Field(
+        268_435_456,
+        ge=1_048_576,
+        description="Memory the consumer may hold in deliveries not yet settled: prefetch x "
+        "max_body_bytes must not exceed it. Keep it at most half the container's memory limit "
+        "(the chart sets it to consumer.memoryBudgetFraction of the limit).",
     )
     max_records_per_message: int = Field(
         10_000, ge=1, description="Messages with more records than this are dead-lettered."
@@ -213,6 +224,19 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="json lines, rich console, or auto (console on a terminal)."
     )
+
+    @model_validator(mode="after")
+    def _check_memory_bound(self) -> Settings:
+        in_hand = self.prefetch * self.max_body_bytes
+        if in_hand > self.memory_budget_bytes:
+            raise ValueError(
+                f"prefetch ({self.prefetch}) x max_body_bytes ({self.max_body_bytes}) = "
+                f"{in_hand} bytes of deliveries in hand exceeds memory_budget_bytes "
+                f"({self.memory_budget_bytes}): lower CREDITSTREAM_PREFETCH or "
+                "CREDITSTREAM_MAX_BODY_BYTES, or raise CREDITSTREAM_MEMORY_BUDGET_BYTES (and "
+                "the container's memory limit with it)"
+            )
+        return self
 
     @field_validator("amqp_url")
     @classmethod

@@ -22,7 +22,7 @@ from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
-from tests.helpers import AMQP_URL, stored_rows, wait_until
+from tests.helpers import AMQP_URL, ready_in_queue, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import drain_dead_letters, publish
 from tests.settlement_rules import POISON_LIMIT_BAL, FlakyScorer, good
 
@@ -131,3 +131,19 @@ def test_the_requests_queue_dead_letters_at_least_once(
     ).json()
     assert queue["arguments"]["x-dead-letter-strategy"] == "at-least-once"
     assert queue["arguments"]["x-overflow"] == "reject-publish"
+
+
+@pytest.mark.timeout(60)
+def test_the_client_refuses_a_body_over_max_body_bytes_before_it_is_sent(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from creditstream.client import PredictionClient, PredictionError
+
+    settings = make_settings(max_body_bytes=1024)
+    _channel_do(lambda ch: Topology.from_settings(settings).declare(ch))
+    with PredictionClient(settings) as client:
+        with pytest.raises(PredictionError, match="max_body_bytes"):
+            client.submit([good(f"r{i}") for i in range(10)])
+        assert client.in_flight == 0
+    time.sleep(0.5)
+    assert ready_in_queue(settings) == 0, "nothing was published"
