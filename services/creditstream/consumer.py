@@ -275,7 +275,7 @@ class Consumer:
         now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
-        message_id = props.message_id or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+        message_id = message_id_of(props.message_id, body)
         decoded = decode_request(
             body,
             props.content_type,
@@ -675,6 +675,21 @@ class Settler:
             encode_json(reply_body(message, predictions)),
             pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
         )
+
+
+def message_id_of(raw: str | bytes | None, body: bytes) -> str:
+    """The message id the idempotency keys derive from (the same on every redelivery).
+
+    pika hands over a message_id that is not UTF-8 as bytes: it becomes `0x<hex>` (a text
+    the store, logs and JSON take); no id at all becomes a digest of the body.
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "0x" + raw.hex()
+        return text or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+    return raw or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
 
 
 def _attempt(headers: dict[str, Any]) -> int:

@@ -41,7 +41,10 @@ def predictions_table(metadata: MetaData) -> Table:
             primary_key=True,
             comment="message_id, or message_id/index for multi-record messages",
         ),
-        Column("message_id", String(200), nullable=False, index=True),
+        # NOTE: 255: an AMQP message_id is a short string (at most 255 bytes, so at most 255
+        # characters); a table created with the former 200 keeps it, and a longer id is then
+        # dead-lettered as store-rejected rather than stopping the consumer.
+        Column("message_id", String(255), nullable=False, index=True),
         Column("record_id", String(128), nullable=False, index=True),
         Column("probability", Float(precision=53), nullable=False),
         Column("is_default", Boolean, nullable=False),

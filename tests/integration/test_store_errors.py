@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import text
 
 from creditstream.settings import Settings
 from creditstream.settlement import STORE_REJECTED
+from creditstream.store import ResultsStore
 from creditstream.topology import DETAIL_HEADER, REASON_HEADER, SOURCE_HEADER
 from tests.helpers import PG_URL, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import (
@@ -23,7 +25,7 @@ from tests.integration.test_bad_input_and_rpc import (
 
 pytestmark = pytest.mark.integration
 
-LONG_MESSAGE_ID = "m" * 230  # AMQP allows 255 characters; the column holds 200
+LONG_MESSAGE_ID = "m" * 230  # AMQP allows 255 bytes; the column held 200 (now 255)
 
 
 @pytest.fixture
@@ -48,16 +50,45 @@ def test_records_postgresql_refuses_are_dead_lettered_and_the_rest_stored(
         publish(settings, json.dumps(good("long")).encode(), message_id=LONG_MESSAGE_ID)
         publish(settings, json.dumps([good("g3"), good("x\u0000")]).encode(), message_id="mix")
         publish(settings, json.dumps(good("g4")).encode(), message_id="g4")
-        dead = drain_dead_letters(settings, expected=3, timeout=30)
-        wait_until(lambda: len(stored_rows(settings)) >= 4, timeout=30, message="good rows")
+        dead = drain_dead_letters(settings, expected=2, timeout=30)
+        wait_until(lambda: len(stored_rows(settings)) >= 5, timeout=30, message="good rows")
         time.sleep(0.5)
         ready = consumer.health.ready
     assert ready, "the consumer is still ready: a refused record is not an outage"
     rows = sorted(record_id for _, record_id, _ in stored_rows(settings))
-    assert rows == ["g1", "g2", "g3", "g4"]
-    assert sorted(h[REASON_HEADER] for h, _ in dead) == [STORE_REJECTED] * 3
+    assert rows == ["g1", "g2", "g3", "g4", "long"]
+    assert sorted(h[REASON_HEADER] for h, _ in dead) == [STORE_REJECTED] * 2
     assert all(h[DETAIL_HEADER] for h, _ in dead)
     by_source = {h[SOURCE_HEADER]: json.loads(body) for h, body in dead}
     assert by_source["nul-id"]["ID"] == "a\u0000b"
-    assert by_source[LONG_MESSAGE_ID]["ID"] == "long"
     assert by_source["mix"]["ID"] == "x\u0000"
+
+
+@pytest.mark.timeout(120)
+def test_a_table_of_an_older_version_refuses_a_long_message_id_alone(
+    pg_settings: Callable[..., Settings], pg_schema: str
+) -> None:
+    settings = pg_settings(batch_timeout_ms=500, batch_size=64)
+    store = ResultsStore.from_settings(settings)
+    try:
+        store.create_schema()  # then narrowed, as tables created before the 255 were
+        with store.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f'ALTER TABLE "{pg_schema}".predictions '
+                    "ALTER COLUMN message_id TYPE varchar(200)"
+                )
+            )
+    finally:
+        store.dispose()
+    with running_consumer(settings) as consumer:
+        publish(settings, json.dumps(good("before")).encode(), message_id="before")
+        publish(settings, json.dumps(good("long")).encode(), message_id=LONG_MESSAGE_ID)
+        publish(settings, json.dumps(good("after")).encode(), message_id="after")
+        dead = drain_dead_letters(settings, expected=1, timeout=30)
+        wait_until(lambda: len(stored_rows(settings)) >= 2, timeout=30, message="good rows")
+        ready = consumer.health.ready
+    assert ready
+    assert sorted(r for _, r, _ in stored_rows(settings)) == ["after", "before"]
+    assert [h[REASON_HEADER] for h, _ in dead] == [STORE_REJECTED]
+    assert "too long" in dead[0][0][DETAIL_HEADER]
