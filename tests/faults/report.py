@@ -56,6 +56,13 @@ def _faults(run: dict[str, Any]) -> str:
             f"{run['messages']:,} fuzzed bodies into a `creditstream consume` process; "
             f"{len(run['reasons'])} reject reasons, as the codec predicted"
         )
+    if test == "id-fuzz-through-consumer-on-postgresql":
+        return (
+            f"{run['messages']:,} messages with NUL, lone-surrogate, 255-byte, non-UTF-8, RTL "
+            f"and combining-character ids into a consumer on PostgreSQL; "
+            f"{run['stored']:,} stored of {run['expected_stored']:,} expected; reasons "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(run['reasons'].items()))}"
+        )
     if test == "fuzz":
         return (
             f"{run['bodies']:,} generated bodies ({run['valid']:,} valid, "

@@ -180,7 +180,7 @@ def test_ids_and_message_ids_are_stored_or_dead_lettered_as_the_oracle_says(
         messages=count,
         stored=len(rows),
         expected_stored=len(expected_rows),
-        dead_lettered=sum(got_dead.values()),
+        dead_lettered_with_reason=sum(got_dead.values()),
         reasons=dict(got_dead),
         seconds=round(time.monotonic() - started, 1),
     )
