@@ -78,8 +78,10 @@ class Topology:
         return {
             "x-queue-type": "quorum",
             "x-message-ttl": self.retry_delay_ms,
-            "x-dead-letter-exchange": self.requests_exchange,
-            "x-dead-letter-routing-key": REQUEST_ROUTING_KEY,
+            # NOTE: back through the default exchange to this requests queue only: through the
+            # requests exchange, every other queue bound with the same key would get a copy.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.requests_queue,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }

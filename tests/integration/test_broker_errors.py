@@ -20,9 +20,10 @@ from creditstream.metrics import ConsumerMetrics, HealthState
 from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
-from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY
+from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, free_port, ready_in_queue, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import drain_dead_letters, good, publish
+from tests.integration.test_bad_input_and_rpc import drain_dead_letters, publish
+from tests.settlement_rules import POISON_LIMIT_BAL, FlakyScorer, good
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,14 @@ def _admin(action: Callable[[pika.adapters.blocking_connection.BlockingChannel],
     connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         action(connection.channel())
+    finally:
+        connection.close()
+
+
+def _admin_result(action: Callable[[Any], Any]) -> Any:
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        return action(connection.channel())
     finally:
         connection.close()
 
@@ -272,3 +281,39 @@ def test_liveness_stays_green_through_a_long_broker_outage(
         thread.join(timeout=30)
         store.dispose()
     assert all(live), "liveness stayed green: a restart cannot bring the broker back"
+
+
+@pytest.mark.timeout(90)
+def test_a_retried_message_returns_to_this_queue_only(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(retry_delay_ms=200, batch_timeout_ms=20)
+    tap = f"{settings.requests_queue}.tap"
+    # Another queue bound to the requests exchange with the same key (a second deployment, an
+    # audit tap): it must see each request once, not again after every retry.
+    _admin(lambda ch: Topology.from_settings(settings).declare(ch))
+    _admin(lambda ch: ch.queue_declare(tap, durable=False, auto_delete=False))
+    _admin(
+        lambda ch: ch.queue_bind(tap, settings.requests_exchange, routing_key=REQUEST_ROUTING_KEY)
+    )
+    try:
+        store = ResultsStore.from_settings(settings)
+        scorer = FlakyScorer(OnnxScorer.from_settings(settings), failures_left=2)
+        consumer = Consumer(settings, scorer, store)  # type: ignore[arg-type]
+        thread = threading.Thread(target=consumer.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: consumer.health.broker_connected, timeout=20, message="up")
+            body = json.dumps(good("p", LIMIT_BAL=POISON_LIMIT_BAL)).encode()
+            publish(settings, body, message_id="retried-once")
+            wait_until(lambda: len(stored_rows(settings)) == 1, timeout=30, message="stored")
+        finally:
+            consumer.request_stop()
+            thread.join(timeout=30)
+            store.dispose()
+        assert consumer.metrics.retried._value.get() == 1
+        time.sleep(0.5)
+        tapped = _admin_result(lambda ch: ch.queue_declare(tap, passive=True).method.message_count)
+        assert tapped == 1, "the retry went back to the requests queue, not through the exchange"
+    finally:
+        _admin(lambda ch: ch.queue_delete(tap))
