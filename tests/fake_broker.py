@@ -37,6 +37,7 @@ class Message:
     dead_letters_this_delivery: int = 0
     attempt: int = 0
     retry_of: Message | None = None
+    retry_queue: str = ""
 
 
 @dataclass
@@ -62,11 +63,12 @@ class FakeBroker:
         self.ready.append(message)
         return message
 
-    def retry(self, body: bytes, props: pika.BasicProperties) -> None:
+    def retry(self, body: bytes, props: pika.BasicProperties, retry_queue: str) -> None:
         """A copy published to the retry queue: after the delay it is a new message."""
         original = next(m for m in reversed(self.messages) if m.message_id == props.message_id)
         copy = Message(body, original.message_id, original.reply_to, retry_of=original)
         copy.attempt = int((props.headers or {})[ATTEMPT_HEADER])
+        copy.retry_queue = retry_queue
         self.messages.append(copy)
         self.ready.append(copy)
         self.retried += 1
@@ -84,6 +86,7 @@ class FakeBroker:
             )
             if message.attempt:
                 headers[ATTEMPT_HEADER] = message.attempt
+                headers["x-death"] = [{"queue": message.retry_queue, "reason": "expired"}]
             props = pika.BasicProperties(
                 content_type="application/json",
                 message_id=message.message_id,
@@ -176,7 +179,7 @@ class FakeChannel:
                     message.dead_letters_this_delivery += 1
         elif exchange == "" and ".retry-" in routing_key:
             assert properties is not None
-            self.broker.retry(body, properties)
+            self.broker.retry(body, properties, routing_key)
         elif exchange == "":
             self.broker.replies.append((routing_key, body))
         else:

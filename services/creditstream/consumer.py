@@ -298,7 +298,7 @@ class Consumer:
             correlation_id=props.correlation_id,
             redelivered=bool(method.redelivered),
             body=body,
-            attempt=_attempt(headers),
+            attempt=_attempt(headers, self.topology.retry_queue),
             properties=props,
         )
         batch.add(message, now)
@@ -534,7 +534,8 @@ class Settler:
         props = message.properties or pika.BasicProperties()
         headers = {**(props.headers or {}), ATTEMPT_HEADER: action.attempt}
         headers.pop("x-delivery-count", None)
-        headers.pop("x-death", None)
+        # NOTE: x-death is left as it is: the broker adds the retry queue's entry to it, which
+        # is what makes the attempt header trusted (_attempt).
         self.publisher.basic_publish(
             "",
             self.topology.retry_queue,
@@ -593,7 +594,10 @@ class Settler:
             content_type=_JSON,
             delivery_mode=2,
             headers=headers,
-            message_id=_short_id(f"{message.message_id}#dead{rejection.index or 0}"),
+            message_id=_short_id(
+                f"{message.message_id}#dead"
+                + ("-body" if rejection.index is None else str(rejection.index))
+            ),
         )
         delay = self.policy.hold_base_s
         while True:
@@ -692,8 +696,17 @@ def message_id_of(raw: str | bytes | None, body: bytes) -> str:
     return raw or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
 
 
-def _attempt(headers: dict[str, Any]) -> int:
-    """Scoring attempts before this delivery (the retry queue's header)."""
+def _attempt(headers: dict[str, Any], retry_queue: str) -> int:
+    """Scoring attempts before this delivery: the attempt header, trusted only on a message
+    the broker dead-lettered out of our retry queue (x-death names it); a publisher's own
+    header would skip the retry budget."""
+    deaths = headers.get("x-death")
+    from_retry = isinstance(deaths, list) and any(
+        isinstance(death, dict) and death.get("queue") in (retry_queue, retry_queue.encode())
+        for death in deaths
+    )
+    if not from_retry:
+        return 0
     count = headers.get(ATTEMPT_HEADER)
     return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 

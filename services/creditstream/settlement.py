@@ -15,8 +15,10 @@ The consumer decodes, scores and stores; this module decides, and the consumer o
 Rules this encodes (checked by tests/unit/core/test_settlement.py, the same table on the real
 broker in tests/integration/test_settlement_rules.py, and a stateful hypothesis test):
 - no Ack before the Store of its records committed;
-- dead letters are published once, when their delivery is acked (a requeued or held delivery
-  publishes none, so a redelivery does not repeat them);
+- dead letters are published when their delivery is acked, not before (a requeued, held or
+  retried delivery publishes none, so a redelivery does not repeat them); still at-least-once:
+  a failure between a dead letter's confirm and the ack publishes it again on redelivery, under
+  the same message id (`<message_id>#dead<index>` or `#dead-body`), for de-duplication;
 - every delivery gets exactly one Ack, Retry or Requeue per settlement;
 - nothing is dropped silently: every record is stored, dead-lettered, or its delivery returned.
 """

@@ -142,6 +142,13 @@ class ResultsStore:
             connect_args = {
                 "connect_timeout": settings.database_connect_timeout_s,
                 "options": f"-c statement_timeout={statement_ms}",
+                # NOTE: a partition mid-write (no RST, no answer) is noticed by TCP keepalives
+                # and tcp_user_timeout instead of a recv blocked for the kernel's ~2 h default.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": int(settings.database_statement_timeout_s * 1000) + 5000,
             }
         else:
             connect_args = {"timeout": settings.database_connect_timeout_s}

@@ -20,7 +20,7 @@ from creditstream.metrics import ConsumerMetrics, HealthState
 from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.store import ResultsStore
-from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
+from creditstream.topology import ATTEMPT_HEADER, REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, free_port, ready_in_queue, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import drain_dead_letters, publish
 from tests.settlement_rules import POISON_LIMIT_BAL, FlakyScorer, good
@@ -317,3 +317,36 @@ def test_a_retried_message_returns_to_this_queue_only(
         assert tapped == 1, "the retry went back to the requests queue, not through the exchange"
     finally:
         _admin(lambda ch: ch.queue_delete(tap))
+
+
+@pytest.mark.timeout(90)
+def test_an_attempt_header_from_a_publisher_is_not_trusted(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(retry_delay_ms=200, batch_timeout_ms=20, delivery_limit=20)
+    store = ResultsStore.from_settings(settings)
+    scorer = FlakyScorer(OnnxScorer.from_settings(settings), failures_left=2)
+    consumer = Consumer(settings, scorer, store)  # type: ignore[arg-type]
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: consumer.health.broker_connected, timeout=20, message="up")
+        body = json.dumps(good("p", LIMIT_BAL=POISON_LIMIT_BAL)).encode()
+        _admin(
+            lambda ch: ch.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                body,
+                pika.BasicProperties(
+                    content_type="application/json",
+                    message_id="claims-19-attempts",
+                    headers={ATTEMPT_HEADER: 19},
+                ),
+            )
+        )
+        wait_until(lambda: len(stored_rows(settings)) == 1, timeout=20, message="stored")
+    finally:
+        consumer.request_stop()
+        thread.join(timeout=30)
+        store.dispose()
+    assert _dead_count(settings) == 0, "one failure is one attempt, whatever the header says"
