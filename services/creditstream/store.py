@@ -21,7 +21,14 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    StatementError,
+)
 
 from creditstream.settlement import StoreErrorKind
 
@@ -59,6 +66,10 @@ def predictions_table(metadata: MetaData) -> Table:
             server_default=func.current_timestamp(),
         ),
     )
+
+
+# SQLSTATE undefined_table, invalid_schema_name; SQLite says "no such table" (OperationalError).
+_MISSING_RELATION = frozenset({"42P01", "3F000"})
 
 
 def classify_store_error(exc: BaseException) -> StoreErrorKind:
@@ -206,9 +217,18 @@ class ResultsStore:
             )
             for p in predictions
         ]
-        with self.engine.begin() as conn:
-            result = conn.exec_driver_sql(self._insert_sql, rows)
-            return int(result.rowcount)
+        try:
+            with self.engine.begin() as conn:
+                result = conn.exec_driver_sql(self._insert_sql, rows)
+                return int(result.rowcount)
+        except (ProgrammingError, OperationalError) as exc:
+            # NOTE: the table (or schema) went away (a restore, a reset): create it again on
+            # the next try instead of failing the same way for ever.
+            if getattr(exc.orig, "sqlstate", None) in _MISSING_RELATION or (
+                self._is_sqlite and "no such table" in str(exc.orig)
+            ):
+                self._schema_ready = False
+            raise
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -92,3 +92,26 @@ def test_a_table_of_an_older_version_refuses_a_long_message_id_alone(
     assert sorted(r for _, r, _ in stored_rows(settings)) == ["after", "before"]
     assert [h[REASON_HEADER] for h, _ in dead] == [STORE_REJECTED]
     assert "too long" in dead[0][0][DETAIL_HEADER]
+
+
+@pytest.mark.timeout(120)
+def test_a_dropped_table_is_created_again_and_the_held_batch_stored(
+    pg_settings: Callable[..., Settings], pg_schema: str
+) -> None:
+    settings = pg_settings(batch_timeout_ms=20, reconnect_max_s=0.5)
+    with running_consumer(settings) as consumer:
+        publish(settings, json.dumps(good("first")).encode(), message_id="first")
+        wait_until(lambda: len(stored_rows(settings)) == 1, timeout=30, message="first stored")
+        store = ResultsStore.from_settings(settings)
+        try:
+            with store.engine.begin() as conn:  # a restore from an empty snapshot, a reset
+                conn.execute(text(f'DROP TABLE "{pg_schema}".predictions'))
+        finally:
+            store.dispose()
+        publish(settings, json.dumps(good("second")).encode(), message_id="second")
+        wait_until(
+            lambda: [r for _, r, _ in stored_rows(settings)] == ["second"],
+            timeout=30,
+            message="the table created again and the held record stored",
+        )
+        wait_until(lambda: consumer.health.ready, timeout=10, message="ready again")
