@@ -160,5 +160,8 @@ class MemoryStore:
         self.rows.update(new)
         return len(new)
 
+    def probe(self) -> None:
+        """An ordinary row is always taken."""
+
     def record_ids(self) -> list[str]:
         return [str(p.record_id) for p in self.rows.values()]

@@ -462,6 +462,19 @@ class Settler:
             self.metrics.store_errors.inc()
             self.health.store_ok = False
             return StoreResult(transient=store_error_detail(exc), failures=failures + 1)
+        if refused:
+            # NOTE: before blaming the records, ask whether the database takes an ordinary
+            # row at all (a probe, rolled back): a new constraint or trigger refuses every row,
+            # and is an outage to hold (readiness red), not good traffic to dead-letter.
+            try:
+                self.store.probe()
+            except Exception as exc:  # noqa: BLE001 - any failure of the probe: hold
+                self.metrics.store_errors.inc()
+                self.health.store_ok = False
+                return StoreResult(
+                    transient=f"the store refuses an ordinary row too ({store_error_detail(exc)})",
+                    failures=failures + 1,
+                )
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         self.health.store_ok = True
         if refused:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -76,15 +77,15 @@ def classify_store_error(exc: BaseException) -> StoreErrorKind:
     """Transient (the database is away, slow or busy: retry) or permanent (this data never fits).
 
     Permanent: DataError (value too long, NUL in text, bad encoding), IntegrityError, and a
-    value the driver cannot even send (UnicodeEncodeError for a lone surrogate, ValueError).
-    Everything else (OperationalError: connection, timeout, serialization failure, deadlock;
-    InterfaceError; a missing table) is transient.
+    value the driver cannot even encode (UnicodeError). Everything else is transient:
+    OperationalError (connection, timeout, serialization failure, deadlock), InterfaceError, a
+    missing table, and a TypeError (a bug to see, not a record to dead-letter).
     """
     if isinstance(exc, DataError | IntegrityError):
         return StoreErrorKind.PERMANENT
     if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
         exc = exc.orig if isinstance(exc.orig, BaseException) else exc
-    if isinstance(exc, UnicodeError | ValueError | TypeError | OverflowError):
+    if isinstance(exc, UnicodeError):
         return StoreErrorKind.PERMANENT
     return StoreErrorKind.TRANSIENT
 
@@ -229,6 +230,21 @@ class ResultsStore:
             ):
                 self._schema_ready = False
             raise
+
+    def probe(self) -> None:
+        """Insert an ordinary row and roll it back: raises as write() would if the database
+        refuses rows in general (a constraint, a trigger), not just the ones it was given."""
+        convert = _sqlite_time if self._is_sqlite else _utc
+        now = convert(time.time())
+        row = ("creditstream-probe", "creditstream-probe", "1", 0.5, False, 0.5, "probe", now, now)
+        if not self._schema_ready:
+            self.create_schema()
+        with self.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                conn.exec_driver_sql(self._insert_sql, [row])
+            finally:
+                transaction.rollback()
 
     def ping(self) -> None:
         """Raise if the database cannot be reached."""

@@ -115,3 +115,32 @@ def test_a_dropped_table_is_created_again_and_the_held_batch_stored(
             message="the table created again and the held record stored",
         )
         wait_until(lambda: consumer.health.ready, timeout=10, message="ready again")
+
+
+@pytest.mark.timeout(120)
+def test_a_refusal_of_every_record_is_held_as_an_outage_not_dead_lettered(
+    pg_settings: Callable[..., Settings], pg_schema: str
+) -> None:
+    settings = pg_settings(batch_timeout_ms=200, reconnect_max_s=0.5)
+    store = ResultsStore.from_settings(settings)
+    table = f'"{pg_schema}".predictions'
+    try:
+        store.create_schema()
+        with store.engine.begin() as conn:  # a migration every row now violates
+            conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT nope CHECK (probability < 0)"))
+        with running_consumer(settings) as consumer:
+            records = [good(f"r{i}") for i in range(5)]
+            publish(settings, json.dumps(records).encode(), message_id="systemic")
+            wait_until(
+                lambda: consumer.metrics.store_errors._value.get() >= 2,
+                timeout=30,
+                message="store errors",
+            )
+            assert not consumer.health.ready, "held as an outage: readiness red"
+            assert not drain_dead_letters(settings, expected=1, timeout=1)
+            with store.engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} DROP CONSTRAINT nope"))
+            wait_until(lambda: len(stored_rows(settings)) == 5, timeout=30, message="stored")
+        assert not drain_dead_letters(settings, expected=1, timeout=1)
+    finally:
+        store.dispose()

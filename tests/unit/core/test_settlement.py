@@ -162,6 +162,7 @@ def test_bisect_lets_a_transient_error_through() -> None:
         ),
         (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates"), StoreErrorKind.PERMANENT),
         (OperationalError("s", None, ConnectionError("refused")), StoreErrorKind.TRANSIENT),
+        (TypeError("a bug, not a record"), StoreErrorKind.TRANSIENT),
         (TimeoutError("pool"), StoreErrorKind.TRANSIENT),
     ],
 )
