@@ -123,6 +123,38 @@ class Topology:
                 "producers, let the old consumers empty it) and delete it."
             ) from exc
 
+    def _declare_requests_queue(self, channel: BlockingChannel) -> None:
+        """Declare the requests queue; accept one declared before the at-least-once arguments.
+
+        NOTE: a refused declare closes its channel, so it is tried on channels of its own.
+        """
+        arguments = self.requests_queue_arguments()
+        connection = channel.connection
+        attempt = connection.channel()
+        try:
+            attempt.queue_declare(self.requests_queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED or not any(
+                name in exc.reply_text for name in _ADDED_REQUESTS_ARGUMENTS
+            ):
+                raise
+            previous = {k: v for k, v in arguments.items() if k not in _ADDED_REQUESTS_ARGUMENTS}
+            fallback = connection.channel()
+            # any other difference raises here (406: TopologyMismatchError)
+            fallback.queue_declare(self.requests_queue, durable=True, arguments=previous)
+            fallback.close()
+            log.warning(
+                "requests queue %r was declared by an earlier creditstream without "
+                "x-dead-letter-strategy=at-least-once: messages past the delivery limit are "
+                "dead-lettered at-most-once (dropped if the dead-letter queue cannot take them). "
+                "Drain and delete the queue (or move to a new CREDITSTREAM_REQUESTS_QUEUE) to "
+                "upgrade.",
+                self.requests_queue,
+            )
+        finally:
+            if attempt.is_open:
+                attempt.close()
+
     def _declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
@@ -131,15 +163,18 @@ class Topology:
             self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
         )
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
-        channel.queue_declare(
-            self.requests_queue, durable=True, arguments=self.requests_queue_arguments()
-        )
+        self._declare_requests_queue(channel)
         channel.queue_bind(
             self.requests_queue, self.requests_exchange, routing_key=REQUEST_ROUTING_KEY
         )
         channel.queue_declare(
             self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
         )
+
+
+# Requests-queue arguments added after the first release: a queue declared without them
+# keeps working (with a warning); any other difference is a TopologyMismatchError.
+_ADDED_REQUESTS_ARGUMENTS: Final = ("x-dead-letter-strategy", "x-overflow")
 
 
 def retry_queue_name(requests_queue: str, delay_ms: int) -> str:

@@ -147,3 +147,24 @@ def test_the_client_refuses_a_body_over_max_body_bytes_before_it_is_sent(
         assert client.in_flight == 0
     time.sleep(0.5)
     assert ready_in_queue(settings) == 0, "nothing was published"
+
+
+@pytest.mark.timeout(60)
+def test_a_requests_queue_of_the_previous_version_keeps_serving_with_a_warning(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    topology = Topology.from_settings(settings)
+    previous = {
+        k: v
+        for k, v in topology.requests_queue_arguments().items()
+        if k not in ("x-dead-letter-strategy", "x-overflow")
+    }
+    _channel_do(
+        lambda ch: ch.queue_declare(settings.requests_queue, durable=True, arguments=previous)
+    )
+    with consumer_with(settings) as consumer:
+        publish(settings, json.dumps(good("upgraded")).encode(), message_id="upgraded")
+        wait_until(lambda: len(stored_rows(settings)) == 1, timeout=20, message="stored")
+        assert consumer.health.broker_connected
+    assert "at-most-once" in caplog.text
