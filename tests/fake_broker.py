@@ -53,6 +53,7 @@ class FakeBroker:
     predictions: list[bytes] = field(default_factory=list)
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     retried: int = 0
+    stopping: bool = False  # set by a test while its consumer is stopping
     violations: list[str] = field(default_factory=list)
     _tags: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -129,6 +130,8 @@ class FakeBroker:
                 self.violations.append(f"{message.message_id} acked twice")
 
     def nack(self, tag: int, requeue: bool) -> None:
+        if not self.stopping:
+            self.violations.append(f"delivery {tag} returned by a nack outside a stop")
         message = self.unacked.pop(tag, None)
         if message is None:
             self.violations.append(f"nack of unknown or settled delivery {tag}")

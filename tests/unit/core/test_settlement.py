@@ -318,6 +318,7 @@ class SettlementMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 6))
     def deliver_and_settle(self, n: int) -> None:
         flush_once(self.consumer, self.settler, self.broker, n)
+        assert not self.broker.unacked, "every delivery of the batch settled (one action each)"
 
     @precondition(lambda self: self.broker.ready)
     @rule(n=st.integers(1, 6), fail_after=st.integers(0, 6))
@@ -325,6 +326,24 @@ class SettlementMachine(RuleBasedStateMachine):
         self.channel.fail_after = self.channel.operations + fail_after
         with contextlib.suppress(ChannelLost):
             flush_once(self.consumer, self.settler, self.broker, n)
+        self.broker.crash()
+        self.restart()
+
+    @precondition(lambda self: self.broker.ready)
+    @rule(n=st.integers(1, 6), outage=st.booleans())
+    def stop_then_start_again(self, n: int, outage: bool) -> None:
+        """SIGTERM (during a store outage or not): settle or return what is in hand, restart."""
+        if outage:
+            self.store.transient_left += 1
+        self.consumer._stop.set()
+        self.broker.stopping = True
+        try:
+            flush_once(self.consumer, self.settler, self.broker, n)
+            assert not self.broker.unacked, "stopping settles or returns every delivery"
+        finally:
+            self.broker.stopping = False
+            self.consumer._stop.clear()
+        self.store.transient_left = 0
         self.broker.crash()
         self.restart()
 
