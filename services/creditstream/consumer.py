@@ -555,11 +555,18 @@ class Settler:
             message.body,
             pika.BasicProperties(
                 content_type=props.content_type,
+                content_encoding=props.content_encoding,
                 delivery_mode=2,
+                priority=props.priority,
                 message_id=props.message_id,
                 correlation_id=props.correlation_id,
                 reply_to=props.reply_to,
+                timestamp=props.timestamp,
+                type=props.type,
+                app_id=props.app_id,
                 headers=headers,
+                # NOTE: not user_id (the broker refuses one other than the publishing
+                # connection's) nor expiration (the retry queue's TTL is the delay).
             ),
             mandatory=True,
         )
