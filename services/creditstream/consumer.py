@@ -547,8 +547,20 @@ class Settler:
         props = message.properties or pika.BasicProperties()
         headers = {**(props.headers or {}), ATTEMPT_HEADER: action.attempt}
         headers.pop("x-delivery-count", None)
-        # NOTE: x-death is left as it is: the broker adds the retry queue's entry to it, which
-        # is what makes the attempt header trusted (_attempt).
+        # NOTE: x-death keeps only the retry queue's own entries (they make the attempt
+        # header trusted, _attempt). An entry naming the requests queue (a message replayed
+        # from the dead-letter queue) would make the broker take the way back for a
+        # dead-letter cycle and drop the copy silently.
+        deaths = headers.pop("x-death", None)
+        retry_queue = self.topology.retry_queue
+        if isinstance(deaths, list):
+            own = [
+                d
+                for d in deaths
+                if isinstance(d, dict) and d.get("queue") in (retry_queue, retry_queue.encode())
+            ]
+            if own:
+                headers["x-death"] = own
         self.publisher.basic_publish(
             "",
             self.topology.retry_queue,
@@ -704,14 +716,19 @@ class Settler:
 def message_id_of(raw: str | bytes | None, body: bytes) -> str:
     """The message id the idempotency keys derive from (the same on every redelivery).
 
-    pika hands over a message_id that is not UTF-8 as bytes: it becomes `0x<hex>` (a text
-    the store, logs and JSON take); no id at all becomes a digest of the body.
+    pika hands over a message_id that is not UTF-8 as bytes: it becomes `bytes:<hex>` (or
+    `bytes:sha256:<digest>` past 90 bytes), a text the store, logs and JSON take; no id at all
+    becomes a digest of the body.
     """
     if isinstance(raw, bytes):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            return "0x" + raw.hex()
+            # NOTE: a prefix of its own (no collision with a client id "0x..."), and a digest
+            # when the hex would not fit the 255-character column.
+            if len(raw) <= 90:
+                return "bytes:" + raw.hex()
+            return "bytes:sha256:" + hashlib.sha256(raw).hexdigest()
         return text or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
     return raw or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
 

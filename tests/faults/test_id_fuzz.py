@@ -79,8 +79,11 @@ def _message_id(rng: random.Random, n: int) -> str | bytes:
     if kind < 0.25:
         prefix = f"{n}-"  # then 3-byte characters up to the 255-byte maximum
         return prefix + "\u6f22" * ((255 - len(prefix)) // 3)
-    if kind < 0.35:
+    if kind < 0.3:
         return f"{n}-".encode() + bytes([0xFF, 0xFE, 0xED])  # not UTF-8 (a lone surrogate's kin)
+    if kind < 0.35:
+        prefix = f"{n}-".encode()  # not UTF-8, up to the 255-byte maximum
+        return prefix + bytes([0xED, 0xA0, 0x80]) * ((255 - len(prefix)) // 3)
     if kind < 0.45:
         return f"{n}-nul\u0000"
     text = f"{n}-" + _text(rng, 60)

@@ -350,3 +350,45 @@ def test_an_attempt_header_from_a_publisher_is_not_trusted(
         thread.join(timeout=30)
         store.dispose()
     assert _dead_count(settings) == 0, "one failure is one attempt, whatever the header says"
+
+
+@pytest.mark.timeout(90)
+def test_a_message_replayed_from_the_dead_letter_queue_survives_a_retry(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(retry_delay_ms=200, batch_timeout_ms=20)
+    store = ResultsStore.from_settings(settings)
+    scorer = FlakyScorer(OnnxScorer.from_settings(settings), failures_left=2)
+    consumer = Consumer(settings, scorer, store)  # type: ignore[arg-type]
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: consumer.health.broker_connected, timeout=20, message="up")
+        body = json.dumps(good("p", LIMIT_BAL=POISON_LIMIT_BAL)).encode()
+        # As an operator's replay from the dead-letter queue leaves it: x-death names the
+        # requests queue (it was dead-lettered there at the delivery limit once).
+        death = {
+            "queue": settings.requests_queue,
+            "reason": "delivery_limit",
+            "count": 1,
+            "exchange": settings.requests_exchange,
+            "routing-keys": [REQUEST_ROUTING_KEY],
+        }
+        _admin(
+            lambda ch: ch.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                body,
+                pika.BasicProperties(
+                    content_type="application/json",
+                    message_id="replayed",
+                    headers={"x-death": [death]},
+                ),
+            )
+        )
+        wait_until(lambda: len(stored_rows(settings)) == 1, timeout=20, message="stored")
+    finally:
+        consumer.request_stop()
+        thread.join(timeout=30)
+        store.dispose()
+    assert consumer.metrics.retried._value.get() == 1

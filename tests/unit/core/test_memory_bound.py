@@ -38,3 +38,13 @@ def test_the_producer_refuses_a_message_over_max_body_bytes_before_publishing() 
     with pytest.raises(ValueError, match="max_body_bytes"):
         list(build_messages(records, 50, "run", max_body_bytes=4096))
     assert len(list(build_messages(records, 5, "run", max_body_bytes=4096))) == 10
+
+
+def test_message_ids_that_are_not_utf8_get_keys_that_fit_and_do_not_collide() -> None:
+    from creditstream.consumer import message_id_of
+
+    assert message_id_of(b"\xde\xad", b"{}") != message_id_of("0xdead", b"{}")
+    long_invalid = b"\xff" * 255
+    key = message_id_of(long_invalid, b"{}")
+    assert len(key) <= 200 and key == message_id_of(long_invalid, b"{}")
+    assert message_id_of(b"ok", b"{}") == "ok"
