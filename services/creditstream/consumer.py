@@ -475,6 +475,24 @@ class Settler:
                     transient=f"the store refuses an ordinary row too ({store_error_detail(exc)})",
                     failures=failures + 1,
                 )
+            # NOTE: the probe passed: the refused records get one more try each, so a
+            # constraint removed between the bisect and the probe does not cost them.
+            still: list[tuple[int, Exception]] = []
+            try:
+                for position, _error in refused:
+                    (tag, i) = rows[position]
+                    added, again = bisect_refused(
+                        lambda part: self.store.write([predictions[t][j] for t, j in part]),
+                        [(tag, i)],
+                        lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
+                    )
+                    inserted += added
+                    still.extend((position, e) for _, e in again)
+            except Exception as exc:  # noqa: BLE001 - classified: permanent ones never get here
+                self.metrics.store_errors.inc()
+                self.health.store_ok = False
+                return StoreResult(transient=store_error_detail(exc), failures=failures + 1)
+            refused = still
         self.metrics.store_seconds.observe(time.perf_counter() - started)
         self.health.store_ok = True
         if refused:
