@@ -172,6 +172,25 @@ class Settings(BaseSettings):
     max_records_per_message: int = Field(
         10_000, ge=1, description="Messages with more records than this are dead-lettered."
     )
+    max_dead_letters_per_message: int = Field(
+        100,
+        ge=1,
+        description="Rejected records one message may dead-letter one by one; a message with "
+        "more is dead-lettered once, whole (reason too-many-rejections).",
+    )
+    dead_letter_excerpt_bytes: int = Field(
+        65_536,
+        ge=256,
+        description="Largest payload of one dead letter; a longer record or body is cut to "
+        "this many bytes, with its sha256 and length in headers.",
+    )
+    dead_letter_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=4096,
+        description="x-max-length-bytes of the dead-letter queue (overflow reject-publish: a "
+        "full queue refuses dead letters and the message stays in the requests queue). "
+        "Changing it on an existing queue needs a policy.",
+    )
     threshold: float | None = Field(
         None, ge=0, le=1, description="Decision threshold override (default: the model card's)."
     )

@@ -50,6 +50,7 @@ class Topology:
     predictions_exchange: str
     delivery_limit: int
     retry_delay_ms: int = 1000
+    dead_letter_max_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -62,6 +63,7 @@ class Topology:
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
             retry_delay_ms=settings.retry_delay_ms,
+            dead_letter_max_bytes=settings.dead_letter_max_bytes,
         )
 
     @property
@@ -102,6 +104,19 @@ class Topology:
             # once the dead-letter queue confirmed it (the default, at-most-once, drops it when
             # the dead-letter queue cannot take it). RabbitMQ requires reject-publish with it.
             "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def dead_letter_queue_arguments(self) -> dict[str, Any]:
+        """Quorum queue bounded in bytes; a full one refuses publishes (nack) instead of dropping.
+
+        NOTE: reject-publish is the overflow at-least-once dead-lettering needs: the broker
+        keeps a message it cannot dead-letter, and the consumer's confirmed publish is nacked,
+        so nothing is lost silently and the queue cannot grow past its bound.
+        """
+        return {
+            "x-queue-type": "quorum",
+            "x-max-length-bytes": self.dead_letter_max_bytes,
             "x-overflow": "reject-publish",
         }
 
@@ -160,7 +175,7 @@ class Topology:
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
         channel.queue_declare(
-            self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            self.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
         )
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
         self._declare_requests_queue(channel)

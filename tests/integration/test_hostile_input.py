@@ -1,0 +1,162 @@
+"""Hostile input on the real broker and PostgreSQL (issue 15): no message multiplies in the
+dead-letter queue, no header table drops the connection, no sender steers the consumer's replies,
+no sender suppresses another account's results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from creditstream.codec import RejectReason
+from creditstream.settings import Settings
+from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
+from tests.helpers import AMQP_URL, stored_rows, wait_until
+from tests.integration.test_bad_input_and_rpc import good, running_consumer
+
+pytestmark = pytest.mark.integration
+
+AMQP_USER = pika.URLParameters(AMQP_URL).credentials.username  # type: ignore[attr-defined]
+
+
+def publish_raw(
+    settings: Settings,
+    body: bytes,
+    *,
+    message_id: str | None,
+    user_id: str | None = AMQP_USER,
+    **properties: Any,
+) -> None:
+    """One confirmed publish to the requests exchange, with the properties given."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        Topology.from_settings(settings).declare(channel)
+        channel.confirm_delivery()
+        channel.basic_publish(
+            settings.requests_exchange,
+            REQUEST_ROUTING_KEY,
+            body,
+            pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,
+                message_id=message_id,
+                user_id=user_id,
+                **properties,
+            ),
+        )
+    finally:
+        connection.close()
+
+
+def drain(queue: str, settle_s: float = 2.0, timeout: float = 60) -> list[tuple[dict, bytes]]:
+    """Everything in `queue` until it has stayed empty for `settle_s` seconds."""
+    found: list[tuple[dict, bytes]] = []
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        deadline, quiet_since = time.monotonic() + timeout, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < settle_s:
+            method, props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                time.sleep(0.05)
+                continue
+            quiet_since = time.monotonic()
+            found.append((props.headers or {}, body))
+    finally:
+        connection.close()
+    return found
+
+
+def nested_records(body_bytes: int, depth: int) -> bytes:
+    """A JSON array of records nested `depth` deep (orjson reads them, cannot write them)."""
+    record = b"[" * depth + b"]" * depth
+    count = (body_bytes - 2) // (len(record) + 1)
+    return b"[" + b",".join([record] * count) + b"]"
+
+
+def header_bytes(headers: dict[str, Any]) -> int:
+    return len(json.dumps(headers, default=str))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("body_bytes", "depth"),
+    [
+        # NOTE: before the fix each record left the whole body in the dead-letter queue: the
+        # 64 KiB case (about 200 dead letters, 13 MB) shows it without flooding the shared broker.
+        pytest.param(64 * 1024, 300, id="64KiB"),
+        pytest.param(1024 * 1024, 300, id="1MiB"),
+    ],
+)
+def test_deeply_nested_records_leave_at_most_the_body_in_the_dead_letter_queue(
+    make_settings: Callable[..., Settings], body_bytes: int, depth: int
+) -> None:
+    settings = make_settings(max_dead_letters_per_message=100)
+    body = nested_records(body_bytes, depth)
+    assert len(body) <= settings.max_body_bytes
+    with running_consumer(settings) as consumer:
+        publish_raw(settings, body, message_id="nested")
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=60, message="next message")
+        dead = drain(settings.dead_letter_queue)
+        assert consumer.health.ready, "the consumer keeps serving"
+    payload = sum(len(b) for _, b in dead)
+    headers = sum(header_bytes(h) for h, _ in dead)
+    print(f"{len(body)} B body -> {len(dead)} dead letters, {payload} B + {headers} B headers")
+    assert len(dead) == 1, "more rejections than the bound: one dead letter, the body"
+    assert dead[0][0][REASON_HEADER] == "too-many-rejections"
+    assert payload <= len(body)
+    assert headers <= 1024
+
+
+@pytest.mark.timeout(120)
+def test_a_few_bad_records_each_leave_only_their_own_bytes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(max_dead_letters_per_message=100, dead_letter_excerpt_bytes=1024)
+    deep = b"[" * 400 + b"]" * 400  # orjson cannot encode it again
+    huge = json.dumps({**good("big"), "colour": "x" * 5000}).encode()
+    body = b"[" + b", ".join([json.dumps(good("ok")).encode(), deep, huge, b'"s,]"']) + b"]"
+    with running_consumer(settings):
+        publish_raw(settings, body, message_id="mixed")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=60, message="good record")
+        dead = drain(settings.dead_letter_queue)
+    by_index = {h["x-creditstream-record-index"]: (h, b) for h, b in dead}
+    assert sorted(by_index) == [1, 2, 3]
+    assert by_index[1][1] == deep
+    assert by_index[1][0][REASON_HEADER] == RejectReason.NOT_OBJECT
+    big_headers, big_payload = by_index[2]
+    assert big_payload == huge[:1024] and big_headers["x-creditstream-truncated"] is True
+    assert big_headers["x-creditstream-original-length"] == len(huge)
+    assert by_index[3][1] == b'"s,]"'
+    assert sum(len(b) for _, b in dead) <= len(body)
+
+
+@pytest.mark.timeout(120)
+def test_full_dead_letter_queue_refuses_more_and_the_consumer_keeps_serving(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(dead_letter_max_bytes=4096, delivery_limit=2)
+    with running_consumer(settings) as consumer:
+        for i in range(8):  # 8 x ~1 KiB malformed bodies: the queue holds about 4
+            publish_raw(settings, b"{" + b"x" * 1000, message_id=f"bad-{i}")
+        publish_raw(settings, json.dumps(good("still")).encode(), message_id="still")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=60, message="good record")
+        time.sleep(1)
+        assert consumer.health.ready, "the consumer keeps serving"
+        dead = drain(settings.dead_letter_queue)
+        refused = consumer.metrics.dead_letters_refused._value.get()
+    by_consumer = [b for h, b in dead if REASON_HEADER in h]
+    print(
+        f"refused {refused}; dead letters {len(by_consumer)} by the consumer, "
+        f"{len(dead) - len(by_consumer)} by the broker; {sum(map(len, by_consumer))} B"
+    )
+    assert refused >= 1, "the full queue refused dead letters"
+    # NOTE: a quorum queue admits the message that crosses the bound, then refuses.
+    assert 0 < sum(len(b) for b in by_consumer) <= 4096 + 1001
