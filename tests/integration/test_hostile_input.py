@@ -5,6 +5,7 @@ no sender suppresses another account's results."""
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +17,22 @@ import pytest
 from creditstream.codec import RejectReason
 from creditstream.settings import Settings
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
-from tests.helpers import AMQP_URL, stored_rows, wait_until
+from tests.helpers import AMQP_URL, PG_URL, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import good, running_consumer
 
 pytestmark = pytest.mark.integration
 
 AMQP_USER = pika.URLParameters(AMQP_URL).credentials.username  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def pg_settings(make_settings: Callable[..., Settings], pg_schema: str) -> Callable[..., Settings]:
+    """Settings writing to the test's own PostgreSQL schema."""
+
+    def build(**overrides: object) -> Settings:
+        return make_settings(database_url=PG_URL, database_schema=pg_schema, **overrides)
+
+    return build
 
 
 def publish_raw(
@@ -160,3 +171,82 @@ def test_full_dead_letter_queue_refuses_more_and_the_consumer_keeps_serving(
     assert refused >= 1, "the full queue refused dead letters"
     # NOTE: a quorum queue admits the message that crosses the bound, then refuses.
     assert 0 < sum(len(b) for b in by_consumer) <= 4096 + 1001
+
+
+class RawHeadersProperties(pika.BasicProperties):
+    """Properties whose headers table is given as bytes (pika's encoder recurses: it cannot
+    write a table 5,000 deep, as its decoder cannot read one)."""
+
+    def __init__(self, raw_table: bytes, **kwargs: Any) -> None:
+        super().__init__(headers={}, **kwargs)
+        self.raw_table = raw_table
+
+    def encode(self) -> list[bytes]:
+        encoded = b"".join(super().encode())
+        # flags (2 bytes), content_type (short string), then the empty table (4 zero bytes)
+        at = 2 + 1 + len(self.content_type or "")
+        assert encoded[at : at + 4] == b"\0\0\0\0"
+        return [encoded[:at] + self.raw_table + encoded[at + 4 :]]
+
+
+def nested_table(depth: int) -> bytes:
+    """An AMQP field table {"a": {"a": ... {} ...}} nested `depth` deep (linear time)."""
+    # NOTE: the table k levels above the empty one has size 7k: a key "a" (2), a tag (1), 4 + 7(k-1).
+    levels = [struct.pack(">I", 7 * k) + b"\x01aF" for k in range(depth, 0, -1)]
+    return b"".join(levels) + struct.pack(">I", 0)
+
+
+@pytest.mark.timeout(120)
+def test_headers_nested_5000_deep_are_refused_without_dropping_the_connection(
+    pg_settings: Callable[..., Settings],
+) -> None:
+    settings = pg_settings()
+    table = nested_table(5000)
+    with running_consumer(settings) as consumer:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            channel = connection.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                json.dumps(good("deep-headers")).encode(),
+                RawHeadersProperties(
+                    table,
+                    content_type="application/json",
+                    message_id="deep-headers",
+                    user_id=AMQP_USER,
+                ),
+            )
+        finally:
+            connection.close()
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=30, message="next message")
+        dead = drain(settings.dead_letter_queue)
+        reconnects = consumer.metrics.reconnects._value.get()
+    print(f"{len(table)} B headers table; reconnects {reconnects}; dead {len(dead)}")
+    assert reconnects == 0, "the connection was not dropped"
+    assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
+    assert [record_id for _, record_id, _ in stored_rows(settings)] == ["after"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "message_id",
+    [
+        pytest.param("m" * 255, id="255-chars"),  # longer than the store's message_id column
+        pytest.param("a/0", id="slash"),  # would read as record 0 of batch message "a"
+    ],
+)
+def test_a_message_id_out_of_bounds_is_dead_lettered_not_retried_forever(
+    pg_settings: Callable[..., Settings], message_id: str
+) -> None:
+    settings = pg_settings()
+    with running_consumer(settings) as consumer:
+        publish_raw(settings, json.dumps(good("long-id")).encode(), message_id=message_id)
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=30, message="next message")
+        dead = drain(settings.dead_letter_queue)
+        assert consumer.health.ready
+    assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
+    assert [record_id for _, record_id, _ in stored_rows(settings)] == ["after"]

@@ -1,0 +1,124 @@
+"""Bounds on properties: header tables measured without recursion, message ids, reply_to."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import struct
+from typing import Any
+
+import pika
+import pika.data
+import pytest
+
+from creditstream.guard import (
+    BAD_PROPERTIES,
+    REFUSED_HEADERS,
+    GuardedBasicProperties,
+    HeaderTableError,
+    check_properties,
+    measure_table,
+    reply_allowed,
+)
+
+X_DEATH_LIKE: dict[str, Any] = {
+    "x-death": [
+        {
+            "count": 3,
+            "reason": "delivery_limit",
+            "queue": "creditstream.requests",
+            "time": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            "routing-keys": ["score"],
+        }
+    ],
+    "x-creditstream-sent-at-us": 1_700_000_000_000_000,
+    "flag": True,
+    "none": None,
+    "ratio": decimal.Decimal("1.5"),
+    "raw": b"\x00\x01",
+}
+
+
+def encoded_table(value: dict[str, Any]) -> bytes:
+    pieces: list[bytes] = []
+    pika.data.encode_table(pieces, value)
+    return b"".join(pieces)
+
+
+def nested(depth: int) -> bytes:
+    """An AMQP field table {"a": {"a": ... {} ...}} nested `depth` deep (linear time)."""
+    # NOTE: the table k levels above the empty one has size 7k: a key "a" (2), a tag (1), 4 + 7(k-1).
+    levels = [struct.pack(">I", 7 * k) + b"\x01aF" for k in range(depth, 0, -1)]
+    return b"".join(levels) + struct.pack(">I", 0)
+
+
+def test_measure_table_walks_every_type_pika_writes() -> None:
+    encoded = encoded_table(X_DEATH_LIKE)
+    shape = measure_table(encoded, 0)
+    assert shape.end == len(encoded)
+    assert shape.depth == 4  # headers > x-death array > table > routing-keys array
+
+
+def test_measure_table_stops_past_the_depth_bound_without_recursion() -> None:
+    assert measure_table(nested(15), 0).depth == 16  # the outer table is level 1
+    with pytest.raises(HeaderTableError, match="deeper than 16"):
+        measure_table(nested(18_000), 0)  # ~128 KiB, one frame
+
+
+def properties_frame(headers_table: bytes, **kwargs: Any) -> bytes:
+    props = pika.BasicProperties(headers={}, **kwargs)
+    encoded = b"".join(props.encode())
+    at = 2 + (1 + len(kwargs["content_type"]) if "content_type" in kwargs else 0)
+    return encoded[:at] + headers_table + encoded[at + 4 :]
+
+
+def test_guarded_properties_decode_like_pika_within_bounds() -> None:
+    frame = properties_frame(
+        encoded_table(X_DEATH_LIKE), content_type="application/json", message_id="m1"
+    )
+    expected = pika.BasicProperties().decode(frame)
+    got = GuardedBasicProperties().decode(frame)
+    assert got.headers == expected.headers and got.message_id == "m1"
+
+
+def test_guarded_properties_replace_a_deep_table_and_keep_the_rest() -> None:
+    frame = properties_frame(nested(5000), content_type="application/json", message_id="m2")
+    with pytest.raises(RecursionError):
+        pika.BasicProperties().decode(frame)
+    got = GuardedBasicProperties().decode(frame)
+    assert list(got.headers) == [REFUSED_HEADERS]
+    assert got.message_id == "m2" and got.content_type == "application/json"
+    rejection = check_properties(got)
+    assert rejection is not None and rejection.reason == BAD_PROPERTIES
+
+
+@pytest.mark.parametrize(
+    ("message_id", "refused"),
+    [
+        pytest.param("run-000000001", False, id="producer"),
+        pytest.param("rpc-0123abcd", False, id="client"),
+        pytest.param(None, False, id="none"),
+        pytest.param("a/0", True, id="slash"),
+        pytest.param("a#0", True, id="hash"),
+        pytest.param("m" * 129, True, id="too-long"),
+        pytest.param("with space", True, id="space"),
+        pytest.param("", True, id="empty"),
+    ],
+)
+def test_message_ids_out_of_bounds_are_refused(message_id: str | None, refused: bool) -> None:
+    assert (check_properties(pika.BasicProperties(message_id=message_id)) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "prefixes", "allowed"),
+    [
+        pytest.param("amq.rabbitmq.reply-to.g1h2AA==", (), True, id="direct"),
+        pytest.param("creditstream.dead", (), False, id="dead-letter-queue"),
+        pytest.param("creditstream.requests", (), False, id="requests-queue"),
+        pytest.param("amq.rabbitmq.reply-to", (), False, id="bare-pseudo-queue"),
+        pytest.param("replies.app1", ("replies.",), True, id="configured-prefix"),
+        pytest.param("other", ("",), False, id="empty-prefix-allows-nothing"),
+    ],
+)
+def test_reply_to_policy(reply_to: str, prefixes: tuple[str, ...], allowed: bool) -> None:
+    assert reply_allowed(reply_to, prefixes) is allowed
