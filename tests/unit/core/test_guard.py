@@ -47,7 +47,7 @@ def encoded_table(value: dict[str, Any]) -> bytes:
 
 def nested(depth: int) -> bytes:
     """An AMQP field table {"a": {"a": ... {} ...}} nested `depth` deep (linear time)."""
-    # NOTE: the table k levels above the empty one has size 7k: a key "a" (2), a tag (1), 4 + 7(k-1).
+    # NOTE: k levels above the empty table the size is 7k: key "a" (2), tag (1), 4 + 7(k-1).
     levels = [struct.pack(">I", 7 * k) + b"\x01aF" for k in range(depth, 0, -1)]
     return b"".join(levels) + struct.pack(">I", 0)
 
