@@ -101,7 +101,7 @@ def _skip_short_string(encoded: bytes, offset: int) -> int:
     return offset + 1 + encoded[offset]
 
 
-class GuardedBasicProperties(pika.spec.BasicProperties):  # type: ignore[misc]
+class GuardedBasicProperties(pika.spec.BasicProperties):
     """BasicProperties whose decoder refuses a headers table out of bounds instead of recursing.
 
     A refused table is replaced by `{REFUSED_HEADERS: why}`; everything else decodes as usual.
@@ -117,7 +117,7 @@ class GuardedBasicProperties(pika.spec.BasicProperties):  # type: ignore[misc]
             if not partial & 1:
                 break
         if not flags & self.FLAG_HEADERS:
-            return super().decode(encoded, offset)  # type: ignore[no-any-return]
+            return super().decode(encoded, offset)
         if flags & self.FLAG_CONTENT_TYPE:
             position = _skip_short_string(encoded, position)
         if flags & self.FLAG_CONTENT_ENCODING:
@@ -133,7 +133,7 @@ class GuardedBasicProperties(pika.spec.BasicProperties):  # type: ignore[misc]
             marker: list[bytes] = []
             pika.data.encode_table(marker, {REFUSED_HEADERS: str(exc)[:200]})
             encoded = encoded[:position] + b"".join(marker) + encoded[position + 4 + size :]
-        return super().decode(encoded, offset)  # type: ignore[no-any-return]
+        return super().decode(encoded, offset)
 
 
 def install_header_guard() -> None:
