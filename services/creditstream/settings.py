@@ -191,6 +191,13 @@ class Settings(BaseSettings):
         "full queue refuses dead letters and the message stays in the requests queue). "
         "Changing it on an existing queue needs a policy.",
     )
+    reply_to_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Queue-name prefixes a request's reply_to may name besides RabbitMQ's direct "
+        "reply-to (amq.rabbitmq.reply-to.*); any other reply_to is refused (metric "
+        'creditstream_refused_total{what="reply-to"}, a log line) and nothing is published. '
+        'JSON list, e.g. ["replies."].',
+    )
     threshold: float | None = Field(
         None, ge=0, le=1, description="Decision threshold override (default: the model card's)."
     )

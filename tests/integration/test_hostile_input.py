@@ -250,3 +250,29 @@ def test_a_message_id_out_of_bounds_is_dead_lettered_not_retried_forever(
         assert consumer.health.ready
     assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
     assert [record_id for _, record_id, _ in stored_rows(settings)] == ["after"]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("target", ["dead_letter_queue", "requests_queue"])
+def test_reply_to_another_queue_is_refused_never_published(
+    make_settings: Callable[..., Settings], target: str
+) -> None:
+    settings = make_settings()
+    queue = getattr(settings, target)
+    with running_consumer(settings) as consumer:
+        publish_raw(
+            settings,
+            json.dumps({**good("steer"), "AGE": 300}).encode(),  # rejected: detail echoed back
+            message_id="steer-bad",
+            reply_to=queue,
+        )
+        publish_raw(
+            settings, json.dumps(good("steer")).encode(), message_id="steer", reply_to=queue
+        )
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=30, message="stored")
+        time.sleep(0.5)
+        refused = consumer.metrics.hostile_refused.labels("reply-to")._value.get()
+    found = drain(queue, settle_s=1.0)
+    replies = [b for h, b in found if REASON_HEADER not in h]
+    assert replies == [], f"replies published into {queue}"
+    assert refused == 2
