@@ -12,9 +12,16 @@ from creditstream.codec import Rejection, ValidRecord
 from creditstream.contract import N_FEATURES
 
 
-def request_id_for(message_id: str, index: int, is_batch: bool) -> str:
-    """The idempotency key of one record: a redelivered message maps to the same keys."""
-    return f"{message_id}/{index}" if is_batch else message_id
+def request_id_for(message_id: str, index: int, is_batch: bool, publisher: str = "") -> str:
+    """The idempotency key of one record: a redelivered message maps to the same keys.
+
+    `publisher/message_id` for a single record, `publisher/message_id#index` for a record of a
+    batch. The publisher is the AMQP user_id (RabbitMQ checks it against the connection's user)
+    and message ids hold neither `/` nor `#` (creditstream.guard), so a key reads back one way
+    only: accounts cannot collide, and neither can the single and batch forms.
+    """
+    key = f"{publisher}/{message_id}"
+    return f"{key}#{index}" if is_batch else key
 
 
 @dataclass(slots=True)
@@ -34,6 +41,7 @@ class PendingMessage:
     body: bytes = b""
     attempt: int = 0
     properties: Any = None
+    publisher: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +131,7 @@ class MicroBatch:
                 results.append(
                     Prediction(
                         request_id=request_id_for(
-                            message.message_id, record.index, message.is_batch
+                            message.message_id, record.index, message.is_batch, message.publisher
                         ),
                         message_id=message.message_id,
                         record_id=record.record_id,

@@ -113,6 +113,8 @@ class PredictionClient:
         channel.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True)
         channel.add_on_return_callback(self._on_returned)
         self._connection, self._channel = connection, channel
+        # NOTE: the account RabbitMQ checks; the consumer namespaces keys by it.
+        self._user_id = connection._impl.params.credentials.username
         self._thread = threading.Thread(
             target=self._io_loop, name="creditstream-client-io", daemon=True
         )
@@ -187,6 +189,7 @@ class PredictionClient:
                     content_type="application/json",
                     delivery_mode=pika.DeliveryMode.Persistent,
                     message_id=f"rpc-{correlation_id}",
+                    user_id=self._user_id,
                     correlation_id=correlation_id,
                     reply_to=DIRECT_REPLY_TO,
                     headers={SENT_AT_HEADER: time.time_ns() // 1000},

@@ -6,6 +6,9 @@
   marker table, so the message is delivered and dead-lettered instead.
 - message_id: bounded length and a character set without `/` and `#` (they separate the parts of
   an idempotency key), so the store's columns and the keys cannot be overrun or confused.
+- user_id: required. RabbitMQ refuses a publish whose user_id is not the connection's user, so
+  it names the publishing account; idempotency keys are namespaced by it (one account cannot
+  suppress another's results by reusing its message ids).
 - reply_to: only RabbitMQ's direct reply-to pseudo-queue (or a configured prefix): a sender
   cannot make the consumer publish into another queue.
 """
@@ -34,6 +37,7 @@ MAX_HEADER_BYTES: Final = 65_536
 MESSAGE_ID_MAX_LENGTH: Final = 128
 MESSAGE_ID_PATTERN: Final = re.compile(r"[!-~]{1,128}")  # visible ASCII
 MESSAGE_ID_FORBIDDEN: Final = frozenset("/#")
+USER_ID_PATTERN: Final = re.compile(r"[!-~]{1,64}")
 
 # Fixed sizes of AMQP 0-9-1 field values (RabbitMQ/pika dialect), by type tag.
 _FIXED: Final = {
@@ -161,6 +165,13 @@ def check_properties(properties: Any) -> Rejection | None:
             BAD_PROPERTIES,
             f"message_id must be 1..{MESSAGE_ID_MAX_LENGTH} visible ASCII characters "
             "without '/' or '#'",
+        )
+    user_id = properties.user_id
+    if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):
+        return Rejection(
+            BAD_PROPERTIES,
+            "user_id (the publishing account, checked by RabbitMQ) must be set: 1..64 visible "
+            "ASCII characters",
         )
     return None
 

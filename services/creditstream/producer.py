@@ -365,6 +365,8 @@ class ConfirmingPublisher:
                     content_type="application/json",
                     delivery_mode=pika.DeliveryMode.Persistent,
                     message_id=message.message_id,
+                    # NOTE: the account RabbitMQ checks; the consumer namespaces keys by it.
+                    user_id=channel.connection.params.credentials.username,
                     headers={SENT_AT_HEADER: time.time_ns() // 1000},
                 ),
             )

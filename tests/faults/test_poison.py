@@ -32,6 +32,7 @@ from tests.faults.ledger import record_run
 from tests.faults.test_codec_fuzz import record_from_seed
 from tests.helpers import AMQP_URL, Processes, count_rows, stored_rows, wait_until
 from tests.integration.test_bad_input_and_rpc import (
+    AMQP_USER,
     BAD_BODIES,
     FailsOnRecord,
     drain_dead_letters,
@@ -99,7 +100,10 @@ def _publish_all(settings: Settings, messages: list[tuple[bytes, str | None, str
                 REQUEST_ROUTING_KEY,
                 body,
                 pika.BasicProperties(
-                    content_type=content_type, delivery_mode=2, message_id=message_id
+                    content_type=content_type,
+                    delivery_mode=2,
+                    message_id=message_id,
+                    user_id=AMQP_USER,
                 ),
             )
     finally:

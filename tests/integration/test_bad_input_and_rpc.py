@@ -32,6 +32,9 @@ from tests.helpers import AMQP_URL, stored_rows, wait_until
 
 pytestmark = pytest.mark.integration
 
+# The account the tests publish as: the consumer requires user_id (RabbitMQ checks it).
+AMQP_USER: str = pika.URLParameters(AMQP_URL).credentials.username  # type: ignore[attr-defined]
+
 
 @contextmanager
 def running_consumer(settings: Settings) -> Iterator[Consumer]:
@@ -70,7 +73,12 @@ def publish(
             settings.requests_exchange,
             REQUEST_ROUTING_KEY,
             body,
-            pika.BasicProperties(content_type=content_type, delivery_mode=2, message_id=message_id),
+            pika.BasicProperties(
+                content_type=content_type,
+                delivery_mode=2,
+                message_id=message_id,
+                user_id=AMQP_USER,
+            ),
         )
     finally:
         connection.close()
@@ -173,7 +181,10 @@ def test_every_kind_of_bad_input_is_dead_lettered_and_good_records_still_scored(
     assert len(mixed) == 1 and json.loads(mixed[0][1])["ID"] == 101
     rows = stored_rows(settings)
     assert sorted(record_id for _, record_id, _ in rows) == ["100", "102"]
-    assert sorted(request_id for request_id, _, _ in rows) == ["mixed-batch/0", "mixed-batch/2"]
+    assert sorted(request_id for request_id, _, _ in rows) == [
+        f"{AMQP_USER}/mixed-batch#0",
+        f"{AMQP_USER}/mixed-batch#2",
+    ]
     rejected = consumer.metrics.records.labels("rejected")._value.get()
     assert rejected == len(BAD_BODIES) + 1
 

@@ -5,9 +5,11 @@ no sender suppresses another account's results."""
 from __future__ import annotations
 
 import json
+import secrets
 import struct
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pika
@@ -17,12 +19,11 @@ import pytest
 from creditstream.codec import RejectReason
 from creditstream.settings import Settings
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
+from tests.faults.injectors import rabbitmqctl
 from tests.helpers import AMQP_URL, PG_URL, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import good, running_consumer
+from tests.integration.test_bad_input_and_rpc import AMQP_USER, good, running_consumer
 
 pytestmark = pytest.mark.integration
-
-AMQP_USER = pika.URLParameters(AMQP_URL).credentials.username  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -65,10 +66,12 @@ def publish_raw(
         connection.close()
 
 
-def drain(queue: str, settle_s: float = 2.0, timeout: float = 60) -> list[tuple[dict, bytes]]:
+def drain(
+    queue: str, settle_s: float = 2.0, timeout: float = 60, url: str = AMQP_URL
+) -> list[tuple[dict, bytes]]:
     """Everything in `queue` until it has stayed empty for `settle_s` seconds."""
     found: list[tuple[dict, bytes]] = []
-    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         deadline, quiet_since = time.monotonic() + timeout, time.monotonic()
@@ -276,3 +279,64 @@ def test_reply_to_another_queue_is_refused_never_published(
     replies = [b for h, b in found if REASON_HEADER not in h]
     assert replies == [], f"replies published into {queue}"
     assert refused == 2
+
+
+@pytest.fixture
+def two_accounts(pg_settings: Callable[..., Settings]) -> Iterator[tuple[Settings, str, str]]:
+    """A vhost of the test's own with two publishing accounts (the consumer connects as guest)."""
+    tag = secrets.token_hex(4)
+    vhost, users = f"cs-sec-{tag}", (f"alice-{tag}", f"bob-{tag}")
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, AMQP_USER, ".*", ".*", ".*")
+        for user in users:
+            rabbitmqctl("add_user", user, user)
+            rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        url = AMQP_URL.rstrip("/") + "/" + urllib.parse.quote(vhost, safe="")
+        yield pg_settings(amqp_url=url), users[0], users[1]
+    finally:
+        for args in [*(("delete_user", u) for u in users), ("delete_vhost", vhost)]:
+            try:
+                rabbitmqctl(*args)
+            except RuntimeError as exc:
+                print(f"cleanup: {exc}")
+
+
+def publish_as(settings: Settings, user: str, body: bytes, message_id: str, **props: Any) -> None:
+    """Publish as `user` (password = user name) on the settings' vhost."""
+    params = pika.URLParameters(settings.amqp_url.get_secret_value())
+    params.credentials = pika.PlainCredentials(user, user)
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            settings.requests_exchange,
+            REQUEST_ROUTING_KEY,
+            body,
+            pika.BasicProperties(content_type="application/json", message_id=message_id, **props),
+        )
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(120)
+def test_one_account_cannot_suppress_another_accounts_results(
+    two_accounts: tuple[Settings, str, str],
+) -> None:
+    settings, alice, bob = two_accounts
+    with running_consumer(settings):
+        publish_as(settings, alice, json.dumps(good("alice-1")).encode(), "same", user_id=alice)
+        # Bob reuses Alice's message id: before namespacing, his record was taken for a duplicate.
+        publish_as(settings, bob, json.dumps(good("bob-1")).encode(), "same", user_id=bob)
+        # Bob cannot claim to be Alice: RabbitMQ checks user_id against the connection's user.
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="user_id property"):
+            publish_as(settings, bob, json.dumps(good("bob-2")).encode(), "x", user_id=alice)
+        # Without user_id a message has no account to be namespaced by: dead-lettered.
+        publish_as(settings, bob, json.dumps(good("bob-3")).encode(), "anonymous")
+        wait_until(lambda: len(stored_rows(settings)) >= 2, timeout=30, message="both stored")
+        dead = drain(settings.dead_letter_queue, url=settings.amqp_url.get_secret_value())
+    rows = stored_rows(settings)
+    assert sorted(record_id for _, record_id, _ in rows) == ["alice-1", "bob-1"]
+    assert sorted(request_id for request_id, _, _ in rows) == [f"{alice}/same", f"{bob}/same"]
+    assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]

@@ -21,6 +21,7 @@ from creditstream.codec import encode_json
 from creditstream.settings import Settings
 from creditstream.topology import REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, MODELS, count_rows, ready_in_queue, run_cli
+from tests.integration.test_bad_input_and_rpc import AMQP_USER
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -51,7 +52,9 @@ def enqueue_one(settings: Settings) -> None:
             settings.requests_exchange,
             REQUEST_ROUTING_KEY,
             encode_json({**SMOKE_RECORD, "ID": "integrity"}),
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, user_id=AMQP_USER
+            ),
         )
     finally:
         connection.close()

@@ -52,21 +52,34 @@ def test_predictions_split_per_message_with_idempotency_keys() -> None:
     per_message = batch.predictions(
         [0.1, 0.5, 0.9], threshold=0.5, model_version="v1", scored_at=101.0
     )
-    assert [[p.request_id for p in ps] for ps in per_message] == [["m1"], ["m2/0", "m2/2"]]
+    assert [[p.request_id for p in ps] for ps in per_message] == [["/m1"], ["/m2#0", "/m2#2"]]
     assert [p.is_default for ps in per_message for p in ps] == [False, True, True]
     with pytest.raises(ValueError, match="2 probabilities for 3 records"):
         batch.predictions([0.1, 0.2], threshold=0.5, model_version="v1", scored_at=1.0)
 
 
 @pytest.mark.parametrize(
-    ("message_id", "index", "is_batch", "expected"),
+    ("message_id", "index", "is_batch", "publisher", "expected"),
     [
-        pytest.param("abc", 0, False, "abc", id="single"),
-        pytest.param("abc", 3, True, "abc/3", id="batch"),
+        pytest.param("abc", 0, False, "alice", "alice/abc", id="single"),
+        pytest.param("abc", 3, True, "alice", "alice/abc#3", id="batch"),
+        pytest.param("abc", 3, True, "bob", "bob/abc#3", id="other-account"),
+        pytest.param("a", 0, True, "u", "u/a#0", id="batch-a-record-0"),
     ],
 )
-def test_request_id(message_id: str, index: int, is_batch: bool, expected: str) -> None:
-    assert request_id_for(message_id, index, is_batch) == expected
+def test_request_id(
+    message_id: str, index: int, is_batch: bool, publisher: str, expected: str
+) -> None:
+    assert request_id_for(message_id, index, is_batch, publisher) == expected
+
+
+def test_single_and_batch_keys_never_collide() -> None:
+    # NOTE: message ids hold neither '/' nor '#' (creditstream.guard refuses them).
+    single = {request_id_for(m, 0, False, u) for u in ("u", "u/x", "u#0") for m in ("a", "x")}
+    batch = {
+        request_id_for(m, i, True, u) for u in ("u", "u/x") for m in ("a", "x") for i in (0, 1)
+    }
+    assert not single & batch
 
 
 def test_reply_interleaves_predictions_and_rejections_in_record_order() -> None:

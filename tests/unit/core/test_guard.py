@@ -82,7 +82,9 @@ def test_guarded_properties_decode_like_pika_within_bounds() -> None:
 
 
 def test_guarded_properties_replace_a_deep_table_and_keep_the_rest() -> None:
-    frame = properties_frame(nested(5000), content_type="application/json", message_id="m2")
+    frame = properties_frame(
+        nested(5000), content_type="application/json", message_id="m2", user_id="alice"
+    )
     with pytest.raises(RecursionError):
         pika.BasicProperties().decode(frame)
     got = GuardedBasicProperties().decode(frame)
@@ -106,7 +108,22 @@ def test_guarded_properties_replace_a_deep_table_and_keep_the_rest() -> None:
     ],
 )
 def test_message_ids_out_of_bounds_are_refused(message_id: str | None, refused: bool) -> None:
-    assert (check_properties(pika.BasicProperties(message_id=message_id)) is not None) is refused
+    properties = pika.BasicProperties(message_id=message_id, user_id="alice")
+    assert (check_properties(properties) is not None) is refused
+
+
+@pytest.mark.parametrize(
+    ("user_id", "refused"),
+    [
+        pytest.param("alice", False, id="account"),
+        pytest.param(None, True, id="missing"),
+        pytest.param("", True, id="empty"),
+        pytest.param("u" * 65, True, id="too-long"),
+    ],
+)
+def test_user_id_is_required_and_bounded(user_id: str | None, refused: bool) -> None:
+    properties = pika.BasicProperties(message_id="m", user_id=user_id)
+    assert (check_properties(properties) is not None) is refused
 
 
 @pytest.mark.parametrize(
