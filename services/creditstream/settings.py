@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         description="A message whose scoring failed (the model, not the input) waits this long "
         "in the retry queue (broker-side TTL) before it comes back; after delivery_limit "
         "attempts it is dead-lettered with reason scoring-failed.",
+    declare_topology: bool = Field(
+        True,
+        description="Declare the exchanges, queues and bindings at start (needs configure "
+        "permission). False: only check they exist (passive declares need no permission), for "
+        "least-privilege accounts; an admin bootstraps the topology (`creditstream "
+        "declare-topology`, or the chart's bootstrap Job).",
     )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."

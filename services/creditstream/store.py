@@ -19,6 +19,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -177,7 +178,13 @@ class ResultsStore:
     def create_schema(self) -> None:
         """Create the table (and schema) if missing; safe to call from many consumers."""
         with self.engine.begin() as conn:
-            if self.metadata.schema and not self._is_sqlite:
+            # NOTE: only when missing: CREATE SCHEMA needs CREATE on the database, which a
+            # least-privilege role (creditstream.accounts) does not have even with IF NOT EXISTS.
+            if (
+                self.metadata.schema
+                and not self._is_sqlite
+                and not inspect(conn).has_schema(self.metadata.schema)
+            ):
                 conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.metadata.schema}"'))
         # NOTE: concurrent consumers may race on CREATE TABLE; checkfirst + retry on conflict.
         try:

@@ -51,6 +51,7 @@ class Topology:
     delivery_limit: int
     retry_delay_ms: int = 1000
     dead_letter_max_bytes: int = 256 * 1024 * 1024
+    declare_topology: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -64,6 +65,7 @@ class Topology:
             delivery_limit=settings.delivery_limit,
             retry_delay_ms=settings.retry_delay_ms,
             dead_letter_max_bytes=settings.dead_letter_max_bytes,
+            declare_topology=settings.declare_topology,
         )
 
     @property
@@ -171,6 +173,18 @@ class Topology:
                 attempt.close()
 
     def _declare(self, channel: BlockingChannel) -> None:
+        if not self.declare_topology:
+            # NOTE: least privilege: the bootstrap declared everything; a passive declare needs
+            # no permission and still fails clearly (404) when something is missing.
+            for exchange in (
+                self.requests_exchange,
+                self.dead_letter_exchange,
+                self.predictions_exchange,
+            ):
+                channel.exchange_declare(exchange, passive=True)
+            for queue in (self.requests_queue, self.dead_letter_queue):
+                channel.queue_declare(queue, passive=True)
+            return
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
