@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CHART, helm_template, parse_docs
+from chart_checks import by_kind, pod_spec
 
-from tests.chart.chart_checks import by_kind, pod_spec
+from conftest import CHART, helm_template, parse_docs
 
 pytestmark = [pytest.mark.chart, pytest.mark.timeout(300)]
 
