@@ -42,6 +42,7 @@ class PendingMessage:
     attempt: int = 0
     properties: Any = None
     publisher: str = ""
+    source: str = "live"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Prediction:
     model_version: str
     received_at: float
     scored_at: float
+    source: str = "live"
 
     def as_event(self) -> dict[str, Any]:
         """JSON shape published to the predictions exchange and to reply_to."""
@@ -68,6 +70,7 @@ class Prediction:
             "threshold": self.threshold,
             "model_version": self.model_version,
             "scored_at": self.scored_at,
+            "source": self.source,
         }
 
 
@@ -141,6 +144,7 @@ class MicroBatch:
                         model_version=model_version,
                         received_at=message.received_at,
                         scored_at=scored_at,
+                        source=message.source,
                     )
                 )
             per_message.append(results)

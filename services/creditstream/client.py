@@ -28,7 +28,12 @@ import pika.exceptions
 
 from creditstream.broker import BROKER_DOWN_ERRORS, connect
 from creditstream.codec import encode_json
-from creditstream.topology import REQUEST_ROUTING_KEY, SENT_AT_HEADER, Topology
+from creditstream.topology import (
+    REQUEST_ROUTING_KEY,
+    RESULT_SOURCE_HEADER,
+    SENT_AT_HEADER,
+    Topology,
+)
 
 if TYPE_CHECKING:
     from creditstream.settings import Settings
@@ -84,8 +89,15 @@ def _settle(future: Future[Any], *, result: Any = None, error: BaseException | N
 class PredictionClient:
     """Thread-safe scoring client; use as a context manager."""
 
-    def __init__(self, settings: Settings, *, connect_wait_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        connect_wait_s: float | None = None,
+        result_source: str = "live",
+    ) -> None:
         self.settings = settings
+        self._result_source = result_source
         self.topology = Topology.from_settings(settings)
         self._connect_wait_s = connect_wait_s
         self._pending: dict[str, Future[Any]] = {}
@@ -192,7 +204,10 @@ class PredictionClient:
                     user_id=self._user_id,
                     correlation_id=correlation_id,
                     reply_to=DIRECT_REPLY_TO,
-                    headers={SENT_AT_HEADER: time.time_ns() // 1000},
+                    headers={
+                        SENT_AT_HEADER: time.time_ns() // 1000,
+                        RESULT_SOURCE_HEADER: self._result_source,
+                    },
                 ),
                 mandatory=True,
             )
@@ -271,7 +286,8 @@ def run_smoke_test(settings: Settings, *, timeout: float) -> int:
     """Score SMOKE_RECORD end to end; 0 when a valid prediction comes back."""
     started = time.perf_counter()
     try:
-        with PredictionClient(settings) as client:
+        # NOTE: stored as source "smoke-test": queries of live results leave it out.
+        with PredictionClient(settings, result_source="smoke-test") as client:
             prediction = client.predict(SMOKE_RECORD, timeout=timeout)
     except (PredictionError, *BROKER_DOWN_ERRORS) as exc:  # type: ignore[misc]
         log.error("smoke test failed: %s", exc)

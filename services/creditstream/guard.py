@@ -24,6 +24,7 @@ from typing import Any, Final
 import pika.spec
 
 from creditstream.codec import Rejection
+from creditstream.topology import RESULT_SOURCE_HEADER, RESULT_SOURCES
 
 BAD_PROPERTIES: Final = "bad-properties"
 REFUSED_HEADERS: Final = "x-creditstream-refused-headers"
@@ -165,6 +166,11 @@ def check_properties(properties: Any) -> Rejection | None:
             BAD_PROPERTIES,
             f"message_id must be 1..{MESSAGE_ID_MAX_LENGTH} visible ASCII characters "
             "without '/' or '#'",
+        )
+    source = headers.get(RESULT_SOURCE_HEADER, "live")
+    if source not in RESULT_SOURCES:
+        return Rejection(
+            BAD_PROPERTIES, f"{RESULT_SOURCE_HEADER} must be one of {', '.join(RESULT_SOURCES)}"
         )
     user_id = properties.user_id
     if not isinstance(user_id, str) or not USER_ID_PATTERN.fullmatch(user_id):

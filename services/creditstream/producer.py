@@ -30,7 +30,12 @@ from creditstream.broker import (
     interruptible_sleep,
 )
 from creditstream.codec import encode_records
-from creditstream.topology import REQUEST_ROUTING_KEY, SENT_AT_HEADER, Topology
+from creditstream.topology import (
+    REQUEST_ROUTING_KEY,
+    RESULT_SOURCE_HEADER,
+    SENT_AT_HEADER,
+    Topology,
+)
 
 if TYPE_CHECKING:
     from pika.channel import Channel
@@ -172,8 +177,10 @@ class ConfirmingPublisher:
         on_confirmed: Callable[[int], None] | None = None,
         total_records: int | None = None,
         stop: threading.Event | None = None,
+        result_source: str = "live",
     ) -> None:
         self.settings = settings
+        self._result_source = result_source
         self.topology = Topology.from_settings(settings)
         self._messages = messages
         self._pacer = pacer or Pacer()
@@ -367,10 +374,16 @@ class ConfirmingPublisher:
                     message_id=message.message_id,
                     # NOTE: the account RabbitMQ checks; the consumer namespaces keys by it.
                     user_id=channel.connection.params.credentials.username,
-                    headers={SENT_AT_HEADER: time.time_ns() // 1000},
+                    headers=self._headers(),
                 ),
             )
         self._schedule(0)  # yield to the ioloop so confirms and heartbeats are handled
+
+    def _headers(self) -> dict[str, Any]:
+        headers: dict[str, Any] = {SENT_AT_HEADER: time.time_ns() // 1000}
+        if self._result_source != "live":
+            headers[RESULT_SOURCE_HEADER] = self._result_source
+        return headers
 
     def _schedule(self, delay: float) -> None:
         if self._timer is None and self._connection is not None:
@@ -484,11 +497,20 @@ def run_producer(
     messages = build_messages(
         stream, records_per_message, run_id, max_body_bytes=settings.max_body_bytes
     )
+    messages = build_messages(stream, records_per_message, run_id)
+    # NOTE: generated records are stored as source "synthetic", apart from live results.
+    result_source = "synthetic" if synthetic and records is None else "live"
     pacer = Pacer(rate=rate, interval=interval)
     show = sys.stderr.isatty() if progress is None else progress
     if not show:
         return ConfirmingPublisher(
-            settings, messages, source=label, pacer=pacer, total_records=total, stop=stop
+            settings,
+            messages,
+            source=label,
+            pacer=pacer,
+            total_records=total,
+            stop=stop,
+            result_source=result_source,
         ).run()
     from rich.progress import (
         BarColumn,
@@ -516,5 +538,6 @@ def run_producer(
             on_confirmed=lambda n: bar.advance(task, n),
             total_records=total,
             stop=stop,
+            result_source=result_source,
         )
         return publisher.run()

@@ -197,12 +197,12 @@ class Settings(BaseSettings):
         "full queue refuses dead letters and the message stays in the requests queue). "
         "Changing it on an existing queue needs a policy.",
     )
-    reply_to_prefixes: list[str] = Field(
-        default_factory=list,
+    reply_to_prefixes: str = Field(
+        "",
         description="Queue-name prefixes a request's reply_to may name besides RabbitMQ's direct "
         "reply-to (amq.rabbitmq.reply-to.*); any other reply_to is refused (metric "
         'creditstream_refused_total{what="reply-to"}, a log line) and nothing is published. '
-        'JSON list, e.g. ["replies."].',
+        "Comma-separated, e.g. `replies.,app2.replies.`.",
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="Decision threshold override (default: the model card's)."
@@ -309,6 +309,11 @@ class Settings(BaseSettings):
         """The addresses the HTTP endpoints bind, without duplicates, in the given order."""
         hosts = [host.strip() for host in self.http_host.split(",") if host.strip()]
         return list(dict.fromkeys(hosts)) or ["127.0.0.1"]
+
+    @property
+    def reply_to_prefix_list(self) -> list[str]:
+        """The configured reply_to prefixes, without empty ones."""
+        return [p.strip() for p in self.reply_to_prefixes.split(",") if p.strip()]
 
     @property
     def resolved_model_card_path(self) -> Path:

@@ -62,6 +62,14 @@ def predictions_table(metadata: MetaData) -> Table:
         Column("received_at", DateTime(timezone=True), nullable=False),
         Column("scored_at", DateTime(timezone=True), nullable=False),
         Column(
+            "source",
+            String(16),
+            nullable=False,
+            server_default="live",
+            comment="live, synthetic (generated records) or smoke-test: queries of live results "
+            "filter on it",
+        ),
+        Column(
             "stored_at",
             DateTime(timezone=True),
             nullable=False,
@@ -132,10 +140,11 @@ class ResultsStore:
         self._schema_ready = False
         marker = "?" if self._is_sqlite else "%s"
         qualified = f'"{schema}".predictions' if schema and not self._is_sqlite else "predictions"
+        self._qualified = qualified
         self._insert_sql = (
             f"INSERT INTO {qualified} (request_id, message_id, record_id, probability, "
-            "is_default, threshold, model_version, received_at, scored_at) "
-            f"VALUES ({', '.join([marker] * 9)}) ON CONFLICT (request_id) DO NOTHING"
+            "is_default, threshold, model_version, received_at, scored_at, source) "
+            f"VALUES ({', '.join([marker] * 10)}) ON CONFLICT (request_id) DO NOTHING"
         )
         if engine.dialect.name not in {"sqlite", "postgresql"}:
             raise ValueError(
@@ -191,7 +200,24 @@ class ResultsStore:
             self.metadata.create_all(self.engine, checkfirst=True)
         except Exception:  # noqa: BLE001 - another consumer created it between check and create
             self.metadata.create_all(self.engine, checkfirst=True)
+        self._add_source_column()
         self._schema_ready = True
+
+    def _add_source_column(self) -> None:
+        """Migration: a table created before the `source` column gets it (old rows: live)."""
+        with self.engine.begin() as conn:
+            columns = {
+                c["name"] for c in inspect(conn).get_columns("predictions", self.table.schema)
+            }
+            if "source" not in columns:
+                # NOTE: IF NOT EXISTS: consumers starting together may race (SQLite lacks it).
+                guard = "" if self._is_sqlite else "IF NOT EXISTS "
+                conn.execute(
+                    text(
+                        f"ALTER TABLE {self._qualified} ADD COLUMN {guard}source VARCHAR(16) "
+                        "NOT NULL DEFAULT 'live'"
+                    )
+                )
 
     def write(self, predictions: Sequence[Prediction]) -> int:
         """Insert in one transaction, skipping request_ids already stored; returns rows added.
@@ -222,6 +248,7 @@ class ResultsStore:
                 p.model_version,
                 received[p.received_at],
                 scored[p.scored_at],
+                p.source,
             )
             for p in predictions
         ]

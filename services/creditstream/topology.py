@@ -28,6 +28,10 @@ SOURCE_HEADER: Final = "x-creditstream-source-message-id"
 SENT_AT_HEADER: Final = "x-creditstream-sent-at-us"
 # Scoring attempts before this delivery (set when a message goes through the retry queue).
 ATTEMPT_HEADER: Final = "x-creditstream-attempt"
+# Where a request comes from: live (default), synthetic (the producer's generated records) or
+# smoke-test; stored with each prediction so queries and the results stream can leave them out.
+RESULT_SOURCE_HEADER: Final = "x-creditstream-result-source"
+RESULT_SOURCES: Final = ("live", "synthetic", "smoke-test")
 PRECONDITION_FAILED: Final = 406
 
 

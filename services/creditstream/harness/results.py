@@ -98,15 +98,19 @@ class ResultsReader:
             log.debug("results store not readable: %s", exc)
             return empty
 
-    def count(self) -> int:
-        """Rows stored so far."""
+    def count(self, source: str | None = None) -> int:
+        """Rows stored so far (of one source: live, synthetic, smoke-test; None: all)."""
         statement = select(func.count()).select_from(self.table)
+        if source is not None:
+            statement = statement.where(self.table.c.source == source)
         return self._read(lambda conn: int(conn.execute(statement).scalar_one()), 0)
 
-    def rows(self) -> list[StoredPrediction]:
-        """Every stored prediction (request id, record id, probability)."""
+    def rows(self, source: str | None = None) -> list[StoredPrediction]:
+        """Every stored prediction (request id, record id, probability), of one source or all."""
         c = self.table.c
         statement = select(c.request_id, c.record_id, c.probability)
+        if source is not None:
+            statement = statement.where(c.source == source)
         return self._read(
             lambda conn: [
                 StoredPrediction(str(r), str(i), float(p)) for r, i, p in conn.execute(statement)
