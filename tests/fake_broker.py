@@ -91,6 +91,7 @@ class FakeBroker:
             props = pika.BasicProperties(
                 content_type="application/json",
                 message_id=message.message_id,
+                user_id="tester",  # the consumer requires the publishing account
                 reply_to=message.reply_to,
                 correlation_id=message.message_id if message.reply_to else None,
                 headers=headers,

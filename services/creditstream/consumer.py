@@ -35,7 +35,9 @@ from creditstream.broker import (
     connect,
     interruptible_sleep,
 )
-from creditstream.codec import Rejection, decode_request, encode_json
+from creditstream.codec import DecodedMessage, Rejection, decode_request, encode_json
+from creditstream.deadletters import DeadLetterLimits, DeadLetterMessage, plan_dead_letters
+from creditstream.guard import check_properties, install_header_guard, reply_allowed
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
 from creditstream.settlement import (
     NOT_STORED,
@@ -62,10 +64,10 @@ from creditstream.store import classify_store_error, store_error_detail
 from creditstream.topology import (
     ATTEMPT_HEADER,
     DETAIL_HEADER,
-    INDEX_HEADER,
+    PUBLISHER_HEADER,
     REASON_HEADER,
+    RESULT_SOURCE_HEADER,
     SENT_AT_HEADER,
-    SOURCE_HEADER,
     Topology,
     TopologyMismatchError,
 )
@@ -89,6 +91,10 @@ _CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.AMQPChannelError,
     pika.exceptions.ShortStringTooLong,
 )
+
+
+class _DeadLetterRefused(Exception):
+    """The dead-letter queue nacked a dead letter (full: x-max-length-bytes, reject-publish)."""
 
 
 class _BrokerLost(Exception):
@@ -119,6 +125,8 @@ class Consumer:
         self._max_records = settings.max_records_per_message
         self._last_delivery = time.monotonic()
         self.records_stored = 0
+        install_header_guard()
+        self._account = ""  # the broker user this consumer connects as (set per connection)
         self.policy = Policy(
             retry_delay_s=settings.retry_delay_ms / 1000.0,
             hold_max_s=settings.reconnect_max_s,
@@ -250,6 +258,7 @@ class Consumer:
             raise _BrokerLost(f"{type(exc).__name__}: {exc}") from exc
 
     def _settler(self, channel: BlockingChannel, publisher: BlockingChannel) -> Settler:
+        self._account = _account_of(channel)
         return Settler(
             channel=channel,
             publisher=publisher,
@@ -261,6 +270,12 @@ class Consumer:
             model_version=self.scorer.version,
             stop=self._stop,
             sleep=channel.connection.sleep,
+            dead_letter_limits=DeadLetterLimits(
+                self.settings.max_dead_letters_per_message,
+                self.settings.dead_letter_excerpt_bytes,
+            ),
+            reply_to_prefixes=tuple(self.settings.reply_to_prefix_list),
+            account=self._account,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -275,13 +290,20 @@ class Consumer:
         now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
-        message_id = message_id_of(props.message_id, body)
-        decoded = decode_request(
-            body,
-            props.content_type,
-            max_body_bytes=self._max_body_bytes,
-            max_records=self._max_records,
+        refused = check_properties(props)
+        message_id = (not refused and message_id_of(props.message_id, body)) or (
+            "sha256:" + hashlib.sha256(body).hexdigest()[:40]
         )
+        if refused:
+            self.metrics.hostile_refused.labels("properties").inc()
+            decoded = DecodedMessage(rejections=[refused])
+        else:
+            decoded = decode_request(
+                body,
+                props.content_type,
+                max_body_bytes=self._max_body_bytes,
+                max_records=self._max_records,
+            )
         headers = props.headers or {}
         sent_at = headers.get(SENT_AT_HEADER)
         message = PendingMessage(
@@ -300,6 +322,8 @@ class Consumer:
             body=body,
             attempt=_attempt(headers, self.topology.retry_queue),
             properties=props,
+            publisher=_publisher(props, self._account),
+            source=str(headers.get(RESULT_SOURCE_HEADER, "live")),
         )
         batch.add(message, now)
 
@@ -386,8 +410,13 @@ class Settler:
         model_version: str,
         stop: threading.Event,
         sleep: Callable[[float], None],
+        dead_letter_limits: DeadLetterLimits | None = None,
+        reply_to_prefixes: tuple[str, ...] = (),
+        account: str = "",
     ) -> None:
         self.channel, self.publisher = channel, publisher
+        self.dead_letter_limits = dead_letter_limits or DeadLetterLimits(100, 65_536)
+        self.reply_to_prefixes, self.account = reply_to_prefixes, account
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -542,9 +571,44 @@ class Settler:
                 if record.index not in gone
             ]
 
+        # NOTE: a message's dead letters are planned together (creditstream.deadletters): at
+        # most one per rejected record, each bounded; past the bound, the message once, whole.
+        rejected: dict[int, list[Rejection]] = {}
         for action in actions:
             if isinstance(action, DeadLetter):
-                self._dead_letter(by_tag[action.tag], action.rejection)
+                rejected.setdefault(action.tag, []).append(action.rejection)
+        requeued: set[int] = set()
+        for action in actions:
+            tag = getattr(action, "tag", None)
+            if tag in requeued:
+                continue
+            if isinstance(action, DeadLetter):
+                rejections = rejected.pop(action.tag, None)
+                if rejections is not None:
+                    message = by_tag[action.tag]
+                    try:
+                        for letter in plan_dead_letters(
+                            message.message_id,
+                            message.body,
+                            rejections,
+                            is_batch=message.is_batch,
+                            limits=self.dead_letter_limits,
+                        ):
+                            self._dead_letter(message, letter)
+                    except _DeadLetterRefused:
+                        # NOTE: the dead-letter queue is full: requeue this message only (its
+                        # delivery limit ends the retries; the requests queue dead-letters
+                        # at-least-once, so the broker keeps it until there is room) and keep
+                        # serving the others: a full queue must not stall every consumer.
+                        self.channel.basic_nack(action.tag, requeue=True)
+                        self._unsettled.discard(action.tag)
+                        requeued.add(action.tag)
+                        self.metrics.hostile_refused.labels("dead-letter-queue-full").inc()
+                        log.error("dead-letter queue full: %s requeued", message.message_id[:200])
+            elif isinstance(action, Ack) and requeued:
+                tags = tuple(t for t in action.tags if t not in requeued)
+                if tags:
+                    self._ack(tags, by_tag)
             elif isinstance(action, PublishPredictions):
                 self._publish_predictions([p for tag in action.tags for p in kept(tag)])
             elif isinstance(action, Reply):
@@ -563,7 +627,14 @@ class Settler:
         # broker dead-letters it back to the requests exchange. Confirmed before the original
         # is acked: a crash in between leaves two copies, which the idempotent store absorbs.
         props = message.properties or pika.BasicProperties()
-        headers = {**(props.headers or {}), ATTEMPT_HEADER: action.attempt}
+        headers = {
+            **(props.headers or {}),
+            ATTEMPT_HEADER: action.attempt,
+            # NOTE: the copy is published as this consumer's account (RabbitMQ checks
+            # user_id); the original publisher rides in a header trusted only on copies
+            # this account published (see _publisher).
+            PUBLISHER_HEADER: message.publisher,
+        }
         headers.pop("x-delivery-count", None)
         # NOTE: x-death keeps only the retry queue's own entries (they make the attempt
         # header trusted, _attempt). An entry naming the requests queue (a message replayed
@@ -595,8 +666,10 @@ class Settler:
                 type=props.type,
                 app_id=props.app_id,
                 headers=headers,
-                # NOTE: not user_id (the broker refuses one other than the publishing
-                # connection's) nor expiration (the retry queue's TTL is the delay).
+                # NOTE: user_id is this consumer's account (the broker refuses another); the
+                # original publisher rides in the signed header. No expiration (the retry
+                # queue's TTL is the delay).
+                user_id=self.account or None,
             ),
             mandatory=True,
         )
@@ -629,25 +702,13 @@ class Settler:
                 self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
         self.metrics.messages.inc(len(tags))
 
-    def _dead_letter(self, message: PendingMessage, rejection: Rejection) -> None:
-        payload = (
-            message.body if rejection.index is None else _encode_raw(rejection.raw, message.body)
-        )
-        headers: dict[str, Any] = {
-            REASON_HEADER: rejection.reason,
-            DETAIL_HEADER: rejection.detail[:500],
-            SOURCE_HEADER: message.message_id,
-        }
-        if rejection.index is not None:
-            headers[INDEX_HEADER] = rejection.index
+    def _dead_letter(self, message: PendingMessage, letter: DeadLetterMessage) -> None:
+        payload, headers = letter.payload, letter.headers
         properties = pika.BasicProperties(
             content_type=_JSON,
             delivery_mode=2,
             headers=headers,
-            message_id=_short_id(
-                f"{message.message_id}#dead"
-                + ("-body" if rejection.index is None else str(rejection.index))
-            ),
+            message_id=_short_id(letter.message_id),
         )
         delay = self.policy.hold_base_s
         while True:
@@ -663,6 +724,8 @@ class Settler:
                     mandatory=True,
                 )
             except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                if isinstance(exc, pika.exceptions.NackError) and not self.stop.is_set():
+                    raise _DeadLetterRefused() from exc
                 self.metrics.unroutable.inc()
                 self.health.publish_ok = False
                 if self.stop.is_set():
@@ -681,14 +744,16 @@ class Settler:
                 continue
             break
         self.health.publish_ok = True
-        self.metrics.dead_lettered.labels(rejection.reason).inc()
-        self.metrics.records.labels("rejected").inc()
+        for reason in letter.reasons:
+            self.metrics.dead_lettered.labels(reason).inc()
+        self.metrics.records.labels("rejected").inc(len(letter.reasons))
         log.warning(
-            "dead-lettered %s record %s: %s (%s)",
+            "dead-lettered %s record %s: %s (%s; %d bytes)",
             message.message_id[:200],
-            rejection.index,
-            rejection.reason,
-            rejection.detail[:200],
+            letter.index,
+            headers.get(REASON_HEADER),
+            str(headers.get(DETAIL_HEADER, ""))[:200],
+            len(payload),
         )
 
     def _publish_predictions(self, predictions: list[Prediction]) -> None:
@@ -721,6 +786,16 @@ class Settler:
                 records=[r for r in message.records if r.index not in gone],
                 rejections=[*message.rejections, *refused],
             )
+        if not reply_allowed(message.reply_to or "", self.reply_to_prefixes):
+            # NOTE: a sender must not steer the consumer into publishing to another queue.
+            self.metrics.hostile_refused.labels("reply-to").inc()
+            log.warning(
+                "reply_to %r of %s refused: only direct reply-to (amq.rabbitmq.reply-to.*)%s",
+                (message.reply_to or "")[:100],
+                message.message_id[:200],
+                " or a configured prefix" if self.reply_to_prefixes else "",
+            )
+            return
         # NOTE: replies are unconfirmed: the reply queue is the caller's and transient;
         # the durable copy of every prediction is the results store.
         self.channel.basic_publish(
@@ -729,6 +804,22 @@ class Settler:
             encode_json(reply_body(message, predictions)),
             pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
         )
+
+
+def _account_of(channel: Any) -> str:
+    """The broker user a channel's connection logged in as ("" when not known)."""
+    params = getattr(getattr(channel.connection, "_impl", None), "params", None)
+    return str(getattr(getattr(params, "credentials", None), "username", "") or "")
+
+
+def _publisher(props: Any, account: str) -> str:
+    """The publishing account of a delivery: its user_id, or, on a retry copy this consumer's
+    account published, the original publisher it carried along."""
+    user_id = props.user_id or ""
+    carried = (props.headers or {}).get(PUBLISHER_HEADER)
+    if account and user_id == account and isinstance(carried, str) and carried:
+        return carried
+    return str(user_id)
 
 
 def message_id_of(raw: str | bytes | None, body: bytes) -> str:

@@ -43,7 +43,7 @@ class DeadLetterLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetterMessage:
     """One message for the dead-letter queue: payload, headers, id, and the reasons it counts."""
 
     payload: bytes
@@ -109,7 +109,7 @@ def plan_dead_letters(
     *,
     is_batch: bool,
     limits: DeadLetterLimits,
-) -> list[DeadLetter]:
+) -> list[DeadLetterMessage]:
     """The dead letters of one message's rejections (see the module docstring for the bounds)."""
     if not rejections:
         return []
@@ -125,10 +125,10 @@ def plan_dead_letters(
             REASONS_HEADER: ",".join(f"{r}={n}" for r, n in sorted(counts.items())),
         }
         return [
-            DeadLetter(
+            DeadLetterMessage(
                 _bounded(body, max(len(body), 1), headers),
                 headers,
-                f"{message_id}#dead",
+                f"{message_id}#dead-all",
                 None,
                 tuple(r.reason for r in rejections),
             )
@@ -156,10 +156,11 @@ def plan_dead_letters(
         else:
             data = b""  # unreachable for parsed bodies: better an empty letter than the body
         letters.append(
-            DeadLetter(
+            DeadLetterMessage(
                 _bounded(data, limits.excerpt_bytes, headers),
                 headers,
-                f"{message_id}#dead{rejection.index or 0}",
+                f"{message_id}#dead"
+                + ("-body" if rejection.index is None else str(rejection.index)),
                 rejection.index,
                 (rejection.reason,),
             )

@@ -93,16 +93,11 @@ class ConsumerMetrics:
             ["reason"],
             registry=r,
         )
-        self.dead_letters_refused = Counter(
-            "creditstream_dead_letters_refused_total",
-            "Dead letters the dead-letter queue refused (full: x-overflow reject-publish); the "
-            "message was requeued.",
-            registry=r,
-        )
         self.hostile_refused = Counter(
             "creditstream_refused_total",
             "Hostile or out-of-bounds input refused, by what: reply-to (a reply not sent), "
-            "properties (the message dead-lettered whole).",
+            "properties (the message dead-lettered whole), dead-letter-queue-full (the message "
+            "requeued).",
             ["what"],
             registry=r,
         )

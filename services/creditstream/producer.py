@@ -497,7 +497,6 @@ def run_producer(
     messages = build_messages(
         stream, records_per_message, run_id, max_body_bytes=settings.max_body_bytes
     )
-    messages = build_messages(stream, records_per_message, run_id)
     # NOTE: generated records are stored as source "synthetic", apart from live results.
     result_source = "synthetic" if synthetic and records is None else "live"
     pacer = Pacer(rate=rate, interval=interval)

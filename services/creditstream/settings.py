@@ -77,6 +77,7 @@ class Settings(BaseSettings):
         description="A message whose scoring failed (the model, not the input) waits this long "
         "in the retry queue (broker-side TTL) before it comes back; after delivery_limit "
         "attempts it is dead-lettered with reason scoring-failed.",
+    )
     declare_topology: bool = Field(
         True,
         description="Declare the exchanges, queues and bindings at start (needs configure "

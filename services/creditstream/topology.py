@@ -32,6 +32,8 @@ ATTEMPT_HEADER: Final = "x-creditstream-attempt"
 # smoke-test; stored with each prediction so queries and the results stream can leave them out.
 RESULT_SOURCE_HEADER: Final = "x-creditstream-result-source"
 RESULT_SOURCES: Final = ("live", "synthetic", "smoke-test")
+# On a retry copy the consumer republished: the original publishing account (user_id).
+PUBLISHER_HEADER: Final = "x-creditstream-publisher"
 PRECONDITION_FAILED: Final = 406
 
 
@@ -186,7 +188,7 @@ class Topology:
                 self.predictions_exchange,
             ):
                 channel.exchange_declare(exchange, passive=True)
-            for queue in (self.requests_queue, self.dead_letter_queue):
+            for queue in (self.requests_queue, self.dead_letter_queue, self.retry_queue):
                 channel.queue_declare(queue, passive=True)
             return
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)

@@ -24,6 +24,7 @@ from creditstream.client import SMOKE_RECORD
 from creditstream.codec import ValidRecord, decode_request
 from creditstream.consumer import Consumer, message_id_of
 from creditstream.contract import ID_MAX_LENGTH
+from creditstream.guard import BAD_PROPERTIES, check_properties
 from creditstream.scoring import OnnxScorer
 from creditstream.settings import Settings
 from creditstream.settlement import STORE_REJECTED
@@ -31,7 +32,7 @@ from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.faults.ledger import record_run
 from tests.helpers import AMQP_URL, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import drain_dead_letters
+from tests.integration.test_bad_input_and_rpc import AMQP_USER, drain_dead_letters
 
 pytestmark = pytest.mark.faults
 
@@ -127,6 +128,11 @@ def test_ids_and_message_ids_are_stored_or_dead_lettered_as_the_oracle_says(
             max_body_bytes=settings.max_body_bytes,
             max_records=settings.max_records_per_message,
         )
+        # NOTE: message ids out of the guard's bounds (1..128 visible ASCII, no '/' or '#',
+        # so keys cannot overrun their column or collide) dead-letter the message, whole.
+        if check_properties(pika.BasicProperties(message_id=raw_mid, user_id=AMQP_USER)):
+            expected_dead[BAD_PROPERTIES] += 1
+            continue
         expected_dead.update(r.reason for r in decoded.rejections)
         mid = message_id_of(raw_mid, body)
         for record in decoded.records:
@@ -134,9 +140,8 @@ def test_ids_and_message_ids_are_stored_or_dead_lettered_as_the_oracle_says(
             if "\x00" in str(record.record_id) or "\x00" in mid:
                 expected_dead[STORE_REJECTED] += 1
             else:
-                expected_rows[request_id_for(mid, record.index, decoded.is_batch)] = str(
-                    record.record_id
-                )
+                key = request_id_for(mid, record.index, decoded.is_batch, AMQP_USER)
+                expected_rows[key] = str(record.record_id)
     assert expected_rows and expected_dead[STORE_REJECTED] and len(expected_dead) >= 3
 
     store = ResultsStore.from_settings(settings)
@@ -157,7 +162,10 @@ def test_ids_and_message_ids_are_stored_or_dead_lettered_as_the_oracle_says(
                     REQUEST_ROUTING_KEY,
                     body,
                     pika.BasicProperties(
-                        content_type="application/json", delivery_mode=2, message_id=raw_mid
+                        content_type="application/json",
+                        delivery_mode=2,
+                        message_id=raw_mid,
+                        user_id=AMQP_USER,
                     ),
                 )
         finally:

@@ -22,7 +22,7 @@ from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import ATTEMPT_HEADER, REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, free_port, ready_in_queue, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import drain_dead_letters, publish
+from tests.integration.test_bad_input_and_rpc import AMQP_USER, drain_dead_letters, publish
 from tests.settlement_rules import POISON_LIMIT_BAL, FlakyScorer, good
 
 pytestmark = pytest.mark.integration
@@ -118,7 +118,9 @@ def test_channel_closed_by_the_broker_after_the_commit_reconnects_instead_of_cra
                 settings.requests_exchange,
                 REQUEST_ROUTING_KEY,
                 body,
-                pika.BasicProperties(content_type="application/json", message_id="mixed"),
+                pika.BasicProperties(
+                    content_type="application/json", message_id="mixed", user_id=AMQP_USER
+                ),
             )
         )
         wait_until(

@@ -23,7 +23,7 @@ from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, ready_in_queue, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import drain_dead_letters, publish
+from tests.integration.test_bad_input_and_rpc import AMQP_USER, drain_dead_letters, publish
 from tests.settlement_rules import POISON_LIMIT_BAL, FlakyScorer, good
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,9 @@ def test_an_unroutable_dead_letter_is_kept_until_it_can_be_routed(
                 settings.requests_exchange,
                 REQUEST_ROUTING_KEY,
                 body,
-                pika.BasicProperties(content_type="application/json", message_id="lonely"),
+                pika.BasicProperties(
+                    content_type="application/json", message_id="lonely", user_id=AMQP_USER
+                ),
             )
         )
         time.sleep(2.0)

@@ -18,7 +18,7 @@ from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REASON_HEADER, REQUEST_ROUTING_KEY, Topology
 from tests.helpers import AMQP_URL, ready_in_queue, stored_rows, wait_until
-from tests.integration.test_bad_input_and_rpc import drain_dead_letters
+from tests.integration.test_bad_input_and_rpc import AMQP_USER, drain_dead_letters
 from tests.settlement_rules import RULES, FaultyStore, FlakyScorer, Rule
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,10 @@ def _publish(settings: Settings, rule: Rule) -> None:
                 REQUEST_ROUTING_KEY,
                 body,
                 pika.BasicProperties(
-                    content_type="application/json", delivery_mode=2, message_id=message_id
+                    content_type="application/json",
+                    delivery_mode=2,
+                    message_id=message_id,
+                    user_id=AMQP_USER,
                 ),
             )
     finally:

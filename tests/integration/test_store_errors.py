@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import text
 
+from creditstream.guard import BAD_PROPERTIES
 from creditstream.settings import Settings
 from creditstream.settlement import STORE_REJECTED
 from creditstream.store import ResultsStore
@@ -50,17 +51,23 @@ def test_records_postgresql_refuses_are_dead_lettered_and_the_rest_stored(
         publish(settings, json.dumps(good("long")).encode(), message_id=LONG_MESSAGE_ID)
         publish(settings, json.dumps([good("g3"), good("x\u0000")]).encode(), message_id="mix")
         publish(settings, json.dumps(good("g4")).encode(), message_id="g4")
-        dead = drain_dead_letters(settings, expected=2, timeout=30)
-        wait_until(lambda: len(stored_rows(settings)) >= 5, timeout=30, message="good rows")
+        dead = drain_dead_letters(settings, expected=3, timeout=30)
+        wait_until(lambda: len(stored_rows(settings)) >= 4, timeout=30, message="good rows")
         time.sleep(0.5)
         ready = consumer.health.ready
     assert ready, "the consumer is still ready: a refused record is not an outage"
     rows = sorted(record_id for _, record_id, _ in stored_rows(settings))
-    assert rows == ["g1", "g2", "g3", "g4", "long"]
-    assert sorted(h[REASON_HEADER] for h, _ in dead) == [STORE_REJECTED] * 2
+    assert rows == ["g1", "g2", "g3", "g4"]
+    # NOTE: the message id longer than the column is refused before the store (guard: ids of
+    # at most 128 characters), as bad-properties; the store refuses the NUL records.
+    assert sorted(h[REASON_HEADER] for h, _ in dead) == sorted(
+        [BAD_PROPERTIES, STORE_REJECTED, STORE_REJECTED]
+    )
     assert all(h[DETAIL_HEADER] for h, _ in dead)
     by_source = {h[SOURCE_HEADER]: json.loads(body) for h, body in dead}
     assert by_source["nul-id"]["ID"] == "a\u0000b"
+    (long_id,) = [json.loads(b) for h, b in dead if h[REASON_HEADER] == BAD_PROPERTIES]
+    assert long_id["ID"] == "long"
     assert by_source["mix"]["ID"] == "x\u0000"
 
 
@@ -76,14 +83,16 @@ def test_a_table_of_an_older_version_refuses_a_long_message_id_alone(
             conn.execute(
                 text(
                     f'ALTER TABLE "{pg_schema}".predictions '
-                    "ALTER COLUMN message_id TYPE varchar(200)"
+                    # NOTE: narrower than the guard's 128-character ids, so the store refuses
+                    # one the guard lets through.
+                    "ALTER COLUMN message_id TYPE varchar(100)"
                 )
             )
     finally:
         store.dispose()
     with running_consumer(settings) as consumer:
         publish(settings, json.dumps(good("before")).encode(), message_id="before")
-        publish(settings, json.dumps(good("long")).encode(), message_id=LONG_MESSAGE_ID)
+        publish(settings, json.dumps(good("long")).encode(), message_id="m" * 120)
         publish(settings, json.dumps(good("after")).encode(), message_id="after")
         dead = drain_dead_letters(settings, expected=1, timeout=30)
         wait_until(lambda: len(stored_rows(settings)) >= 2, timeout=30, message="good rows")
