@@ -278,6 +278,42 @@ def smoke_test(
     raise typer.Exit(code=run_smoke_test(settings, timeout=timeout))
 
 
+@app.command("declare-topology")
+def declare_topology_command(amqp_url_file: AmqpUrlFileOption = None) -> None:
+    """Declare the exchanges, queues and bindings (as an admin: the least-privilege bootstrap)."""
+    from creditstream.broker import BROKER_DOWN_ERRORS
+    from creditstream.topology import declare_topology
+
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
+    _setup_logging(settings, "declare-topology")
+    try:
+        declare_topology(settings.model_copy(update={"declare_topology": True}))
+    except BROKER_DOWN_ERRORS as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"declared {settings.requests_exchange} -> {settings.requests_queue} and friends")
+
+
+@app.command("broker-roles")
+def broker_roles_command() -> None:
+    """Print the least-privilege broker users as rabbitmqctl commands (creditstream.accounts)."""
+    from creditstream.accounts import broker_roles
+
+    settings = build_settings()
+    vhost = "${VHOST:-/}"
+    for role in broker_roles(settings).values():
+        p = role.permissions
+        typer.echo(f"# {role.name}: {role.does}")
+        user = f'"$USER_{role.name.upper().replace("-", "_")}"'
+        # NOTE: without a password argument rabbitmqctl reads it from stdin (never in argv).
+        typer.echo(f"rabbitmqctl add_user {user}  # password from stdin")
+        typer.echo(f"rabbitmqctl set_user_tags {user} {' '.join(role.tags)}".rstrip())
+        typer.echo(
+            f'rabbitmqctl set_permissions -p "{vhost}" {user} '
+            f"'{p.configure}' '{p.write}' '{p.read}'"
+        )
+
+
 @app.command("check-data")
 def check_data(
     data: DataOption = None,

@@ -26,7 +26,7 @@ from creditstream.settings import Settings
 from creditstream.store import ResultsStore
 from creditstream.topology import REQUEST_ROUTING_KEY, Topology, isolated_names
 from tests.faults.injectors import rabbitmqctl
-from tests.helpers import AMQP_URL, MODELS, PG_URL
+from tests.helpers import AMQP_URL, MODELS, PG_URL, run_cli
 from tests.integration.test_bad_input_and_rpc import running_consumer
 
 pytestmark = pytest.mark.integration
@@ -293,3 +293,44 @@ def test_the_roles_are_enough_to_serve(deployment: Deployment, tmp_path: Path) -
         reply = client.predict({**SMOKE_RECORD, "ID": "least-privilege"}, timeout=30)
     assert reply["record_id"] == "least-privilege"
     assert reply["request_id"].startswith(deployment.users["smoke-test"] + "/rpc-")
+
+
+@pytest.mark.timeout(120)
+def test_declare_topology_bootstraps_what_the_roles_only_check(tmp_path: Path) -> None:
+    tag = secrets.token_hex(4)
+    vhost = f"cs-lp-boot-{tag}"
+    admin = pika.URLParameters(AMQP_URL).credentials.username  # type: ignore[attr-defined]
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, admin, ".*", ".*", ".*")
+        url = AMQP_URL.rstrip("/") + "/" + urllib.parse.quote(vhost, safe="")
+        settings = Settings(amqp_url=url, declare_topology=False, **isolated_names(f"boot{tag}"))
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            assert refused_missing(
+                lambda: Topology.from_settings(settings).declare(connection.channel())
+            )
+        finally:
+            connection.close()
+        result = run_cli(["declare-topology"], settings, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            Topology.from_settings(settings).declare(connection.channel())  # passive: all there
+        finally:
+            connection.close()
+        roles = run_cli(["broker-roles"], settings, timeout=60)
+        assert roles.returncode == 0
+        for role in broker_roles(settings).values():
+            assert f"'{role.permissions.write}'" in roles.stdout
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+def refused_missing(action: Callable[[], None]) -> bool:
+    """True when a passive declare finds something missing (404)."""
+    try:
+        action()
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_code == 404
+    return False
