@@ -134,10 +134,24 @@ class GuardedBasicProperties(pika.spec.BasicProperties):
             if shape.size > MAX_HEADER_BYTES:
                 raise HeaderTableError(f"headers table larger than {MAX_HEADER_BYTES} bytes")
         except (HeaderTableError, struct.error, IndexError) as exc:
-            (size,) = struct.unpack_from(">I", encoded, position)
-            marker: list[bytes] = []
-            pika.data.encode_table(marker, {REFUSED_HEADERS: str(exc)[:200]})
-            encoded = encoded[:position] + b"".join(marker) + encoded[position + 4 + size :]
+            return self._decode_refusing(encoded, offset, position, str(exc))
+        try:
+            return super().decode(encoded, offset)
+        except Exception as exc:  # noqa: BLE001 - any value pika cannot decode (a timestamp
+            # out of range: OverflowError) must not reach pika's I/O loop, which drops the
+            # connection on it.
+            return self._decode_refusing(
+                encoded, offset, position, f"undecodable header value ({type(exc).__name__})"
+            )
+
+    def _decode_refusing(
+        self, encoded: bytes, offset: int, position: int, why: str
+    ) -> GuardedBasicProperties:
+        """Decode with the headers table at `position` replaced by the refusal marker."""
+        (size,) = struct.unpack_from(">I", encoded, position)
+        marker: list[bytes] = []
+        pika.data.encode_table(marker, {REFUSED_HEADERS: why[:200]})
+        encoded = encoded[:position] + b"".join(marker) + encoded[position + 4 + size :]
         return super().decode(encoded, offset)
 
 

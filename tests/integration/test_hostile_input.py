@@ -199,12 +199,24 @@ def nested_table(depth: int) -> bytes:
     return b"".join(levels) + struct.pack(">I", 0)
 
 
+def timestamp_out_of_range() -> bytes:
+    """{"t": timestamp 2**63}: pika's decoder raises OverflowError on it."""
+    content = b"\x01tT" + struct.pack(">Q", 2**63)
+    return struct.pack(">I", len(content)) + content
+
+
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "table",
+    [
+        pytest.param(nested_table(5000), id="nested-5000-deep"),
+        pytest.param(timestamp_out_of_range(), id="timestamp-out-of-range"),
+    ],
+)
 def test_headers_nested_5000_deep_are_refused_without_dropping_the_connection(
-    pg_settings: Callable[..., Settings],
+    pg_settings: Callable[..., Settings], table: bytes
 ) -> None:
     settings = pg_settings()
-    table = nested_table(5000)
     with running_consumer(settings) as consumer:
         connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         try:

@@ -94,6 +94,18 @@ def test_guarded_properties_replace_a_deep_table_and_keep_the_rest() -> None:
     assert rejection is not None and rejection.reason == BAD_PROPERTIES
 
 
+def test_guarded_properties_refuse_a_timestamp_pika_cannot_represent() -> None:
+    # {"t": timestamp 2**63}: 14 bytes that made pika raise OverflowError in its I/O loop.
+    content = b"\x01tT" + struct.pack(">Q", 2**63)
+    frame = properties_frame(
+        struct.pack(">I", len(content)) + content, message_id="m3", user_id="alice"
+    )
+    with pytest.raises(OverflowError):
+        pika.BasicProperties().decode(frame)
+    got = GuardedBasicProperties().decode(frame)
+    assert "OverflowError" in got.headers[REFUSED_HEADERS] and got.message_id == "m3"
+
+
 @pytest.mark.parametrize(
     ("message_id", "refused"),
     [
