@@ -27,6 +27,12 @@ SHA256_HEADER: Final = "x-creditstream-sha256"
 LENGTH_HEADER: Final = "x-creditstream-original-length"
 TRUNCATED_HEADER: Final = "x-creditstream-truncated"
 DETAIL_MAX: Final = 500
+# What a message's dead letters may add beyond its body: their headers and properties (a
+# letter per record of `[{},{},...]` would otherwise carry ~650 bytes of headers for 3 of body).
+HEADER_ALLOWANCE: Final = 4096
+# Properties and AMQP framing of one letter besides its headers (content type, delivery mode,
+# message id, table framing), counted generously.
+_LETTER_OVERHEAD: Final = 64
 
 # JSON tokens that matter for finding the top-level elements of an array: whole strings (so
 # brackets and commas inside them do not count), runs of openers, runs of closers, commas.
@@ -114,11 +120,17 @@ def plan_dead_letters(
     if not rejections:
         return []
     whole = next((r for r in rejections if r.index is None), None)
-    if whole is None and len(rejections) > limits.max_per_message:
+    if whole is None and len(rejections) <= limits.max_per_message:
+        letters = _per_record(message_id, body, rejections, is_batch, limits)
+        if sum(_letter_bytes(letter) for letter in letters) <= len(body) + HEADER_ALLOWANCE:
+            return letters
+        # NOTE: many small bad records: their headers would outweigh the body; once, whole.
+    if whole is None:
         counts = Counter(r.reason for r in rejections)
         headers: dict[str, Any] = {
             REASON_HEADER: TOO_MANY_REJECTIONS,
-            DETAIL_HEADER: f"{len(rejections)} records rejected > {limits.max_per_message}; "
+            DETAIL_HEADER: f"{len(rejections)} records rejected (over {limits.max_per_message}, "
+            "or their dead letters would outweigh the body); "
             f"first: record {rejections[0].index}: {rejections[0].detail}"[:DETAIL_MAX],
             SOURCE_HEADER: message_id,
             REJECTIONS_HEADER: len(rejections),
@@ -133,15 +145,31 @@ def plan_dead_letters(
                 tuple(r.reason for r in rejections),
             )
         ]
-    if whole is not None:
-        rejections = [whole]
+    return _per_record(message_id, body, [whole] if whole else rejections, is_batch, limits)
+
+
+def _letter_bytes(letter: DeadLetterMessage) -> int:
+    """Bytes one letter puts in the queue: payload, headers (as text), properties."""
+    headers = sum(len(str(key)) + len(str(value)) + 8 for key, value in letter.headers.items())
+    return len(letter.payload) + headers + len(letter.message_id) + _LETTER_OVERHEAD
+
+
+def _per_record(
+    message_id: str,
+    body: bytes,
+    rejections: Sequence[Rejection],
+    is_batch: bool,
+    limits: DeadLetterLimits,
+) -> list[DeadLetterMessage]:
+    """One letter per rejection (a whole-message rejection is alone in `rejections`)."""
+    whole = rejections[0].index is None
     # NOTE: one regex pass over the body (about 0.3 s for 1 MiB of tiny tokens, at worst).
-    spans = top_level_spans(body) if is_batch and whole is None else None
+    spans = top_level_spans(body) if is_batch and not whole else None
     if spans is not None and len(spans) <= max(r.index or 0 for r in rejections):
         spans = None  # NOTE: cannot happen for a body orjson parsed; never index past the end
     letters = []
     for rejection in rejections:
-        headers = {
+        headers: dict[str, Any] = {
             REASON_HEADER: rejection.reason,
             DETAIL_HEADER: rejection.detail[:DETAIL_MAX],
             SOURCE_HEADER: message_id,

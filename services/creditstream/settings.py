@@ -198,6 +198,13 @@ class Settings(BaseSettings):
         "full queue refuses dead letters and the message stays in the requests queue). "
         "Changing it on an existing queue needs a policy.",
     )
+    dead_letter_max_messages: int = Field(
+        1_000_000,
+        ge=1,
+        description="x-max-length of the dead-letter queue (overflow reject-publish). "
+        "x-max-length-bytes counts bodies only; this bounds letters of small bodies with large "
+        "headers. Changing it on an existing queue needs a policy.",
+    )
     reply_to_prefixes: str = Field(
         "",
         description="Queue-name prefixes a request's reply_to may name besides RabbitMQ's direct "

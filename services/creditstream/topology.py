@@ -57,6 +57,7 @@ class Topology:
     delivery_limit: int
     retry_delay_ms: int = 1000
     dead_letter_max_bytes: int = 256 * 1024 * 1024
+    dead_letter_max_messages: int = 1_000_000
     declare_topology: bool = True
 
     @classmethod
@@ -71,6 +72,7 @@ class Topology:
             delivery_limit=settings.delivery_limit,
             retry_delay_ms=settings.retry_delay_ms,
             dead_letter_max_bytes=settings.dead_letter_max_bytes,
+            dead_letter_max_messages=settings.dead_letter_max_messages,
             declare_topology=settings.declare_topology,
         )
 
@@ -125,6 +127,8 @@ class Topology:
         return {
             "x-queue-type": "quorum",
             "x-max-length-bytes": self.dead_letter_max_bytes,
+            # NOTE: the byte bound counts bodies only, so the number is bounded too.
+            "x-max-length": self.dead_letter_max_messages,
             "x-overflow": "reject-publish",
         }
 

@@ -352,3 +352,71 @@ def test_one_account_cannot_suppress_another_accounts_results(
     assert sorted(record_id for _, record_id, _ in rows) == ["alice-1", "bob-1"]
     assert sorted(request_id for request_id, _, _ in rows) == [f"{alice}/same", f"{bob}/same"]
     assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
+
+
+HEADER_ALLOWANCE = 4096  # the "+ headers" of "dead-letter bytes <= body (+ headers)"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" + b",".join([b"{}"] * 100) + b"]", id="100-empty-objects"),
+        pytest.param(b"[" + b",".join([b"1"] * 100) + b"]", id="100-numbers"),
+    ],
+)
+def test_many_small_bad_records_do_not_multiply_through_headers(
+    make_settings: Callable[..., Settings], body: bytes
+) -> None:
+    settings = make_settings()
+    message_id = "m" * 128
+    with running_consumer(settings):
+        publish_raw(settings, body, message_id=message_id)
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=60, message="next message")
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        letters: list[tuple[int, int]] = []
+        try:
+            channel = connection.channel()
+            while True:
+                method, props, payload = channel.basic_get(
+                    settings.dead_letter_queue, auto_ack=True
+                )
+                if method is None:
+                    break
+                letters.append((len(payload), len(b"".join(props.encode()))))
+        finally:
+            connection.close()
+    total = sum(p + h for p, h in letters)
+    print(f"{len(body)} B body -> {len(letters)} letters, {total} B with properties")
+    assert letters, "dead-lettered"
+    assert total <= len(body) + HEADER_ALLOWANCE
+
+
+@pytest.mark.timeout(60)
+def test_dead_letter_queue_is_bounded_in_messages_too(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # NOTE: x-max-length-bytes counts bodies only: letters of tiny bodies with large headers
+    # pass it; x-max-length bounds their number.
+    settings = make_settings(dead_letter_max_messages=5)
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        Topology.from_settings(settings).declare(channel)
+        channel.confirm_delivery()
+        accepted = 0
+        for _ in range(8):
+            try:
+                channel.basic_publish(
+                    settings.dead_letter_exchange,
+                    "",
+                    b"x",
+                    pika.BasicProperties(headers={"h": "y" * 3000}),
+                )
+                accepted += 1
+            except pika.exceptions.NackError:
+                pass
+    finally:
+        connection.close()
+    assert accepted <= 6  # a quorum queue admits the message that crosses the bound

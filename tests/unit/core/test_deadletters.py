@@ -10,6 +10,7 @@ import pytest
 
 from creditstream.codec import decode_request
 from creditstream.deadletters import (
+    HEADER_ALLOWANCE,
     SHA256_HEADER,
     TOO_MANY_REJECTIONS,
     DeadLetterLimits,
@@ -81,3 +82,14 @@ def test_a_whole_message_rejection_is_one_bounded_letter() -> None:
 
 def test_no_rejection_no_letter() -> None:
     assert plan_dead_letters("m", b"{}", [], is_batch=False, limits=LIMITS) == []
+
+
+@pytest.mark.parametrize("count", [1, 3, 10, 100])
+def test_letters_with_their_headers_stay_within_the_body_plus_an_allowance(count: int) -> None:
+    body = b"[" + b",".join([b"{}"] * count) + b"]"
+    decoded = decode_request(body, "application/json", max_body_bytes=1 << 20, max_records=1000)
+    limits = DeadLetterLimits(max_per_message=1000, excerpt_bytes=256)
+    letters = plan_dead_letters("m" * 128, body, decoded.rejections, is_batch=True, limits=limits)
+    total = sum(len(x.payload) + len(str(x.headers)) + len(x.message_id) for x in letters)
+    assert total <= len(body) + HEADER_ALLOWANCE
+    assert len(letters) == (count if count <= 3 else 1)
