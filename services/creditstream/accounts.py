@@ -81,9 +81,10 @@ def broker_roles(settings: Settings) -> dict[str, BrokerRole]:
         ),
         "keda": BrokerRole(
             "keda",
-            ("monitoring",),
-            # NOTE: the management API shows a vhost's queues only to users with access to the
-            # vhost: access, and no permission on anything in it.
+            # NOTE: `management`, not `monitoring` (which shows every vhost's connections and
+            # the nodes): KEDA reads one queue. The API shows a vhost's queues only to users
+            # with access to it: access, and no permission on anything in it.
+            ("management",),
             Permissions(NOTHING, NOTHING, NOTHING),
             "reads queue depth and rates from the management API; nothing over AMQP",
         ),

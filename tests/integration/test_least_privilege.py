@@ -206,6 +206,13 @@ def test_keda_reads_queue_depth_from_the_management_api_and_nothing_else(
     for path in ("/api/users", "/api/definitions", "/api/permissions"):
         answer = requests.get(f"{MANAGEMENT}{path}", auth=auth, timeout=10)
         assert answer.status_code in {401, 403}, f"{path}: {answer.status_code}"
+    # Nothing outside its vhost: not other users' connections, other vhosts, or the nodes.
+    connections = requests.get(f"{MANAGEMENT}/api/connections", auth=auth, timeout=10)
+    assert connections.status_code == 200
+    assert all(c["vhost"] == deployment.vhost for c in connections.json()), "other connections"
+    vhosts = requests.get(f"{MANAGEMENT}/api/vhosts", auth=auth, timeout=10)
+    assert [v["name"] for v in vhosts.json()] == [deployment.vhost]
+    assert requests.get(f"{MANAGEMENT}/api/nodes", auth=auth, timeout=10).status_code in {401, 403}
     assert refused(lambda: get(deployment, "keda", s.requests_queue))
     assert refused(lambda: publish(deployment, "keda", s.requests_exchange, REQUEST_ROUTING_KEY))
 
