@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import logging
 import signal
 import threading
@@ -65,6 +66,7 @@ from creditstream.topology import (
     ATTEMPT_HEADER,
     DETAIL_HEADER,
     PUBLISHER_HEADER,
+    PUBLISHER_SIGNATURE_HEADER,
     REASON_HEADER,
     RESULT_SOURCE_HEADER,
     SENT_AT_HEADER,
@@ -127,6 +129,7 @@ class Consumer:
         self.records_stored = 0
         install_header_guard()
         self._account = ""  # the broker user this consumer connects as (set per connection)
+        self._retry_key = retry_signing_key(settings.amqp_url.get_secret_value())
         self.policy = Policy(
             retry_delay_s=settings.retry_delay_ms / 1000.0,
             hold_max_s=settings.reconnect_max_s,
@@ -276,6 +279,7 @@ class Consumer:
             ),
             reply_to_prefixes=tuple(self.settings.reply_to_prefix_list),
             account=self._account,
+            retry_key=self._retry_key,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -322,7 +326,7 @@ class Consumer:
             body=body,
             attempt=_attempt(headers, self.topology.retry_queue),
             properties=props,
-            publisher=_publisher(props, self._account),
+            publisher=_publisher(props, self._account, self._retry_key),
             source=str(headers.get(RESULT_SOURCE_HEADER, "live")),
         )
         batch.add(message, now)
@@ -413,10 +417,12 @@ class Settler:
         dead_letter_limits: DeadLetterLimits | None = None,
         reply_to_prefixes: tuple[str, ...] = (),
         account: str = "",
+        retry_key: bytes = b"",
     ) -> None:
         self.channel, self.publisher = channel, publisher
         self.dead_letter_limits = dead_letter_limits or DeadLetterLimits(100, 65_536)
         self.reply_to_prefixes, self.account = reply_to_prefixes, account
+        self.retry_key = retry_key
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -634,6 +640,9 @@ class Settler:
             # user_id); the original publisher rides in a header trusted only on copies
             # this account published (see _publisher).
             PUBLISHER_HEADER: message.publisher,
+            PUBLISHER_SIGNATURE_HEADER: sign_publisher(
+                self.retry_key, message.message_id, message.publisher
+            ),
         }
         headers.pop("x-delivery-count", None)
         # NOTE: x-death keeps only the retry queue's own entries (they make the attempt
@@ -812,12 +821,38 @@ def _account_of(channel: Any) -> str:
     return str(getattr(getattr(params, "credentials", None), "username", "") or "")
 
 
-def _publisher(props: Any, account: str) -> str:
+def retry_signing_key(amqp_url: str) -> bytes:
+    """The key retry copies are signed with: derived from the consumer's broker credentials, so
+    every replica shares it and a publisher without them cannot forge a signature."""
+    return hashlib.sha256(b"creditstream-retry-publisher\0" + amqp_url.encode()).digest()
+
+
+def sign_publisher(key: bytes, message_id: str, publisher: str) -> str:
+    """HMAC-SHA256 of (message id, publisher): carried with the publisher on a retry copy."""
+    data = message_id.encode("utf-8", "surrogatepass") + b"\0" + publisher.encode()
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def _publisher(props: Any, account: str, key: bytes = b"") -> str:
     """The publishing account of a delivery: its user_id, or, on a retry copy this consumer's
-    account published, the original publisher it carried along."""
+    account published and signed, the original publisher it carried along.
+
+    NOTE: the header alone is not trusted: anyone publishing as the consumer's account (all of
+    them, while the chart shares one broker user) could claim another account with it.
+    """
     user_id = props.user_id or ""
-    carried = (props.headers or {}).get(PUBLISHER_HEADER)
-    if account and user_id == account and isinstance(carried, str) and carried:
+    headers = props.headers or {}
+    carried, signature = headers.get(PUBLISHER_HEADER), headers.get(PUBLISHER_SIGNATURE_HEADER)
+    if (
+        key
+        and account
+        and user_id == account
+        and isinstance(carried, str)
+        and carried
+        and isinstance(signature, str)
+        and isinstance(props.message_id, str)
+        and hmac.compare_digest(signature, sign_publisher(key, props.message_id, carried))
+    ):
         return carried
     return str(user_id)
 

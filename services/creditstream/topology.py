@@ -34,6 +34,7 @@ RESULT_SOURCE_HEADER: Final = "x-creditstream-result-source"
 RESULT_SOURCES: Final = ("live", "synthetic", "smoke-test")
 # On a retry copy the consumer republished: the original publishing account (user_id).
 PUBLISHER_HEADER: Final = "x-creditstream-publisher"
+PUBLISHER_SIGNATURE_HEADER: Final = "x-creditstream-publisher-signature"
 PRECONDITION_FAILED: Final = 406
 
 

@@ -420,3 +420,39 @@ def test_dead_letter_queue_is_bounded_in_messages_too(
     finally:
         connection.close()
     assert accepted <= 6  # a quorum queue admits the message that crosses the bound
+
+
+@pytest.mark.timeout(120)
+def test_a_forged_publisher_header_does_not_suppress_another_accounts_results(
+    two_accounts: tuple[Settings, str, str],
+) -> None:
+    settings, alice, _bob = two_accounts
+    with running_consumer(settings):
+        # The consumer's own account (guest here) claims, by header, to be alice.
+        publish_as_url(
+            settings,
+            json.dumps(good("forged")).encode(),
+            "same",
+            user_id=AMQP_USER,
+            headers={"x-creditstream-publisher": alice},
+        )
+        publish_as(settings, alice, json.dumps(good("alice-1")).encode(), "same", user_id=alice)
+        wait_until(lambda: len(stored_rows(settings)) >= 2, timeout=30, message="both stored")
+    rows = {request_id: record_id for request_id, record_id, _ in stored_rows(settings)}
+    assert rows == {f"{AMQP_USER}/same": "forged", f"{alice}/same": "alice-1"}
+
+
+def publish_as_url(settings: Settings, body: bytes, message_id: str, **props: Any) -> None:
+    """Publish with the settings' own credentials (the consumer's account)."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            settings.requests_exchange,
+            REQUEST_ROUTING_KEY,
+            body,
+            pika.BasicProperties(content_type="application/json", message_id=message_id, **props),
+        )
+    finally:
+        connection.close()

@@ -151,3 +151,26 @@ def test_user_id_is_required_and_bounded(user_id: str | None, refused: bool) -> 
 )
 def test_reply_to_policy(reply_to: str, prefixes: tuple[str, ...], allowed: bool) -> None:
     assert reply_allowed(reply_to, prefixes) is allowed
+
+
+def test_a_carried_publisher_is_trusted_only_when_signed_by_the_consumers_key() -> None:
+    from creditstream.consumer import _publisher, retry_signing_key, sign_publisher
+
+    key = retry_signing_key("amqp://consumer:secret@broker/")
+    signed = sign_publisher(key, "m1", "alice")
+    copy = pika.BasicProperties(
+        message_id="m1",
+        user_id="consumer",
+        headers={"x-creditstream-publisher": "alice", "x-creditstream-publisher-signature": signed},
+    )
+    assert _publisher(copy, "consumer", key) == "alice"
+    forged = pika.BasicProperties(
+        message_id="m1", user_id="consumer", headers={"x-creditstream-publisher": "alice"}
+    )
+    assert _publisher(forged, "consumer", key) == "consumer"
+    other_key = retry_signing_key("amqp://someone:else@broker/")
+    assert _publisher(copy, "consumer", other_key) == "consumer"
+    moved = pika.BasicProperties(message_id="m2", user_id="consumer", headers=copy.headers)
+    assert _publisher(moved, "consumer", key) == "consumer"  # signature bound to the message id
+    from_alice = pika.BasicProperties(message_id="m1", user_id="bob", headers=copy.headers)
+    assert _publisher(from_alice, "consumer", key) == "bob"
