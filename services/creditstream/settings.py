@@ -296,6 +296,48 @@ class Settings(BaseSettings):
             raise ValueError(f"pika cannot use it ({detail})") from None
         return value
 
+    @field_validator("run_id")
+    @classmethod
+    def _check_run_id(cls, value: str | None) -> str | None:
+        # NOTE: message ids are `<run_id>-<9 digits>`; the consumer refuses ids outside
+        # creditstream.guard's bounds, which would dead-letter the whole run.
+        if value is not None and not _RUN_ID.fullmatch(value):
+            raise ValueError(
+                "must be 1..118 visible ASCII characters without '/' or '#' (message ids are "
+                "<run_id>-<sequence>, at most 128 characters)"
+            )
+        return value
+
+    @field_validator("reply_to_prefixes")
+    @classmethod
+    def _check_reply_to_prefixes(cls, value: str) -> str:
+        for prefix in (p.strip() for p in value.split(",")):
+            if not prefix:
+                continue
+            if prefix.startswith("amq.") or prefix.startswith("creditstream"):
+                raise ValueError(
+                    f"prefix {prefix!r} would admit the broker's or creditstream's own queues"
+                )
+            if not prefix.endswith("."):
+                raise ValueError(f"prefix {prefix!r} must end with '.' (a name space, not a stem)")
+        return value
+
+    @model_validator(mode="after")
+    def _reply_prefixes_miss_own_names(self) -> Settings:
+        own = (
+            self.requests_exchange,
+            self.requests_queue,
+            self.dead_letter_exchange,
+            self.dead_letter_queue,
+            self.predictions_exchange,
+        )
+        for prefix in self.reply_to_prefix_list:
+            if any(name.startswith(prefix) for name in own):
+                raise ValueError(
+                    f"reply_to_prefixes: {prefix!r} admits this deployment's own queues"
+                )
+        return self
+
     @field_validator("management_url")
     @classmethod
     def _check_management_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -342,6 +384,7 @@ class Settings(BaseSettings):
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*", re.IGNORECASE)
+_RUN_ID = re.compile(r"[!-\x22\x24-\x2e\x30-~]{1,118}")  # visible ASCII but '#' and '/'
 
 
 def _check_url(url: str, schemes: set[str]) -> str:
