@@ -270,7 +270,18 @@ class ResultsStore:
         refuses rows in general (a constraint, a trigger), not just the ones it was given."""
         convert = _sqlite_time if self._is_sqlite else _utc
         now = convert(time.time())
-        row = ("creditstream-probe", "creditstream-probe", "1", 0.5, False, 0.5, "probe", now, now)
+        row = (
+            "creditstream-probe",
+            "creditstream-probe",
+            "1",
+            0.5,
+            False,
+            0.5,
+            "probe",
+            now,
+            now,
+            "live",
+        )
         if not self._schema_ready:
             self.create_schema()
         with self.engine.connect() as conn:

@@ -342,6 +342,7 @@ def test_an_attempt_header_from_a_publisher_is_not_trusted(
                 pika.BasicProperties(
                     content_type="application/json",
                     message_id="claims-19-attempts",
+                    user_id=AMQP_USER,
                     headers={ATTEMPT_HEADER: 19},
                 ),
             )

@@ -136,7 +136,9 @@ def test_the_requests_queue_dead_letters_at_least_once(
             settings.requests_exchange,
             REQUEST_ROUTING_KEY,
             json.dumps(good("kept")).encode(),
-            pika.BasicProperties(content_type="application/json", delivery_mode=2),
+            pika.BasicProperties(
+                content_type="application/json", delivery_mode=2, user_id=AMQP_USER
+            ),
         )
     )
 
