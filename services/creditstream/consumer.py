@@ -616,7 +616,10 @@ class Settler:
                 if tags:
                     self._ack(tags, by_tag)
             elif isinstance(action, PublishPredictions):
-                self._publish_predictions([p for tag in action.tags for p in kept(tag)])
+                # NOTE: not for a message requeued above: it is published when it settles.
+                self._publish_predictions(
+                    [p for tag in action.tags if tag not in requeued for p in kept(tag)]
+                )
             elif isinstance(action, Reply):
                 self._reply(by_tag[action.tag], kept(action.tag), result)
             elif isinstance(action, Ack):

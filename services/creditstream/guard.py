@@ -167,6 +167,18 @@ def install_header_guard() -> None:
 
 def check_properties(properties: Any) -> Rejection | None:
     """A message-level rejection for properties out of bounds, or None."""
+    for field in (
+        "reply_to",
+        "correlation_id",
+        "content_type",
+        "content_encoding",
+        "type",
+        "app_id",
+    ):
+        if isinstance(getattr(properties, field, None), bytes):
+            # NOTE: pika leaves a short string that is not UTF-8 as bytes; str methods on it
+            # (reply_to.startswith) raised TypeError out of the settlement and killed the loop.
+            return Rejection(BAD_PROPERTIES, f"{field} is not UTF-8")
     headers = properties.headers or {}
     if REFUSED_HEADERS in headers:
         return Rejection(BAD_PROPERTIES, f"headers refused: {headers[REFUSED_HEADERS]}")
@@ -198,6 +210,8 @@ def check_properties(properties: Any) -> Rejection | None:
 
 def reply_allowed(reply_to: str, allowed_prefixes: Sequence[str] = ()) -> bool:
     """True when a reply may go to `reply_to`: direct reply-to, or a configured prefix."""
+    if not isinstance(reply_to, str):
+        return False
     return reply_to.startswith(DIRECT_REPLY_TO_PREFIX) or any(
         prefix and reply_to.startswith(prefix) for prefix in allowed_prefixes
     )

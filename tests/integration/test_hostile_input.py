@@ -456,3 +456,20 @@ def publish_as_url(settings: Settings, body: bytes, message_id: str, **props: An
         )
     finally:
         connection.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_reply_to_that_is_not_utf8_is_refused_and_the_consumer_keeps_serving(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    with running_consumer(settings) as consumer:
+        publish_raw(
+            settings, json.dumps(good("rt")).encode(), message_id="rt", reply_to=b"\xff\xfeamq"
+        )
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=30, message="next message")
+        dead = drain(settings.dead_letter_queue, settle_s=1.0)
+        assert consumer.health.ready
+    assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
+    assert [record_id for _, record_id, _ in stored_rows(settings)] == ["after"]

@@ -174,3 +174,17 @@ def test_a_carried_publisher_is_trusted_only_when_signed_by_the_consumers_key() 
     assert _publisher(moved, "consumer", key) == "consumer"  # signature bound to the message id
     from_alice = pika.BasicProperties(message_id="m1", user_id="bob", headers=copy.headers)
     assert _publisher(from_alice, "consumer", key) == "bob"
+
+
+@pytest.mark.parametrize(
+    "field", ["reply_to", "correlation_id", "content_type", "type", "app_id", "content_encoding"]
+)
+def test_a_property_pika_left_as_bytes_is_refused(field: str) -> None:
+    # pika hands a short string that is not UTF-8 over as bytes; str methods then raise.
+    properties = pika.BasicProperties(message_id="m", user_id="alice", **{field: b"\xff\xfe"})
+    rejection = check_properties(properties)
+    assert rejection is not None and field in rejection.detail
+
+
+def test_reply_allowed_is_false_for_bytes() -> None:
+    assert reply_allowed(b"\xffamq.rabbitmq.reply-to.x") is False  # type: ignore[arg-type]
