@@ -183,6 +183,40 @@ class Topology:
             if attempt.is_open:
                 attempt.close()
 
+    def _declare_dead_letter_queue(self, channel: BlockingChannel) -> None:
+        """Declare the dead-letter queue; accept one declared before its bounds (an upgrade).
+
+        NOTE: queue arguments cannot change in place and a refused declare closes its channel,
+        so it is tried on a channel of its own; an older queue is used as it is, with a warning
+        (bound it with a policy: max-length-bytes, max-length, overflow reject-publish).
+        """
+        connection = channel.connection
+        attempt = connection.channel()
+        try:
+            attempt.queue_declare(
+                self.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED or not any(
+                name in exc.reply_text for name in _ADDED_DEAD_LETTER_ARGUMENTS
+            ):
+                raise
+            fallback = connection.channel()
+            fallback.queue_declare(self.dead_letter_queue, passive=True)
+            fallback.close()
+            log.warning(
+                "dead-letter queue %r was declared without creditstream's bounds "
+                "(x-max-length-bytes, x-max-length, x-overflow reject-publish) or with other "
+                "values: it is used as it is. Bound it with a policy (rabbitmqctl set_policy "
+                '... \'{"max-length-bytes": N, "max-length": M, "overflow": '
+                '"reject-publish"}\' --apply-to queues), or move to a new '
+                "CREDITSTREAM_DEAD_LETTER_QUEUE.",
+                self.dead_letter_queue,
+            )
+        finally:
+            if attempt.is_open:
+                attempt.close()
+
     def _declare(self, channel: BlockingChannel) -> None:
         if not self.declare_topology:
             # NOTE: least privilege: the bootstrap declared everything; a passive declare needs
@@ -199,9 +233,7 @@ class Topology:
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
-        channel.queue_declare(
-            self.dead_letter_queue, durable=True, arguments=self.dead_letter_queue_arguments()
-        )
+        self._declare_dead_letter_queue(channel)
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
         self._declare_requests_queue(channel)
         channel.queue_bind(
@@ -215,6 +247,8 @@ class Topology:
 # Requests-queue arguments added after the first release: a queue declared without them
 # keeps working (with a warning); any other difference is a TopologyMismatchError.
 _ADDED_REQUESTS_ARGUMENTS: Final = ("x-dead-letter-strategy", "x-overflow")
+# Dead-letter-queue bounds (issue 15): an older or differently bounded queue is used as it is.
+_ADDED_DEAD_LETTER_ARGUMENTS: Final = ("x-max-length-bytes", "x-max-length", "x-overflow")
 
 
 def retry_queue_name(requests_queue: str, delay_ms: int) -> str:

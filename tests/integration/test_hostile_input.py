@@ -473,3 +473,25 @@ def test_a_reply_to_that_is_not_utf8_is_refused_and_the_consumer_keeps_serving(
         assert consumer.health.ready
     assert [h[REASON_HEADER] for h, _ in dead] == ["bad-properties"]
     assert [record_id for _, record_id, _ in stored_rows(settings)] == ["after"]
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_letter_queue_from_before_the_bounds_keeps_its_letters_and_the_consumer_starts(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(
+            settings.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        channel.confirm_delivery()
+        channel.basic_publish("", settings.dead_letter_queue, b"old letter")
+    finally:
+        connection.close()
+    with running_consumer(settings) as consumer:
+        publish_raw(settings, json.dumps(good("after")).encode(), message_id="after")
+        wait_until(lambda: len(stored_rows(settings)) >= 1, timeout=30, message="stored")
+        assert consumer.health.ready
+    assert [b for _, b in drain(settings.dead_letter_queue, settle_s=0.5)] == [b"old letter"]
