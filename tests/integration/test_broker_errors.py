@@ -385,6 +385,7 @@ def test_a_message_replayed_from_the_dead_letter_queue_survives_a_retry(
                 pika.BasicProperties(
                     content_type="application/json",
                     message_id="replayed",
+                    user_id=AMQP_USER,
                     headers={"x-death": [death]},
                 ),
             )
