@@ -1,7 +1,10 @@
 """The scoring consumer: micro-batched ONNX inference between RabbitMQ and the results store.
 
 Failure rules (tested in tests/integration and tests/faults):
-- ack only after the batch's results are committed to the store (basic_ack multiple=True);
+- ack only after the batch's results are committed to the store (basic_ack multiple=True),
+  and as soon as they are: the batch's prediction event is committed with it (outbox) and
+  published later by the relay on its own connection (creditstream/outbox.py), so a memory
+  alarm blocking publishers never holds the acks; replies go out through the relay too;
 - a bad record is dead-lettered alone with a reason; its batch-mates are still scored;
 - a scoring failure is isolated to the message(s) causing it, which are requeued so the quorum
   queue's delivery limit ends a message that keeps failing (no infinite loop);
@@ -20,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -37,6 +40,7 @@ from creditstream.broker import (
 )
 from creditstream.codec import Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
+from creditstream.outbox import OutboxRelay
 from creditstream.settlement import (
     NOT_STORED,
     STORE_REJECTED,
@@ -58,7 +62,7 @@ from creditstream.settlement import (
     refused_by_delivery,
     settle,
 )
-from creditstream.store import classify_store_error, store_error_detail
+from creditstream.store import OutboxEvent, classify_store_error, store_error_detail
 from creditstream.topology import (
     ATTEMPT_HEADER,
     DETAIL_HEADER,
@@ -105,6 +109,7 @@ class Consumer:
         store: ResultsStore,
         metrics: ConsumerMetrics | None = None,
         health: HealthState | None = None,
+        relay: OutboxRelay | None = None,
     ) -> None:
         self.settings = settings
         self.topology = Topology.from_settings(settings)
@@ -124,6 +129,9 @@ class Consumer:
             hold_max_s=settings.reconnect_max_s,
             delivery_limit=settings.delivery_limit,
         )
+        # --- outbox (begin): events and replies leave through the relay's own connection ----
+        self.relay = relay or OutboxRelay(settings, store, self.metrics, self.health)
+        # --- outbox (end) ---
 
     # --- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -132,6 +140,13 @@ class Consumer:
 
     def run(self) -> int:
         """Serve until stopped or idle; reconnect with backoff when the broker goes away."""
+        self.relay.start()
+        try:
+            return self._run()
+        finally:
+            self.relay.stop()
+
+    def _run(self) -> int:
         delay, attempts, first = 0.2, 0, True
         while not self._stop.is_set():
             try:
@@ -261,6 +276,7 @@ class Consumer:
             model_version=self.scorer.version,
             stop=self._stop,
             sleep=channel.connection.sleep,
+            relay=self.relay,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -386,8 +402,10 @@ class Settler:
         model_version: str,
         stop: threading.Event,
         sleep: Callable[[float], None],
+        relay: OutboxRelay,
     ) -> None:
         self.channel, self.publisher = channel, publisher
+        self.relay = relay
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -454,7 +472,9 @@ class Settler:
         started = time.perf_counter()
         try:
             inserted, refused = bisect_refused(
-                lambda part: self.store.write([predictions[tag][i] for tag, i in part]),
+                lambda part: self.store.write(
+                    [predictions[tag][i] for tag, i in part], self._event_of
+                ),
                 rows,
                 lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
             )
@@ -691,24 +711,26 @@ class Settler:
             rejection.detail[:200],
         )
 
+    # --- outbox (begin) ---
+    def _event_of(self, predictions: Sequence[Prediction]) -> OutboxEvent:
+        """The event message of the rows one store transaction adds (committed with them)."""
+        return OutboxEvent(
+            message_id=f"predictions-{uuid.uuid4().hex}",
+            body=encode_json([p.as_event() for p in predictions]),
+            records=len(predictions),
+            model_version=self.model_version,
+        )
+
     def _publish_predictions(self, predictions: list[Prediction]) -> None:
+        # NOTE: durable first, events after: the event was committed to the outbox with the
+        # rows (_event_of); the relay publishes it on its own connection. Nothing is published
+        # here, so nothing here waits for the broker before the ack.
         if not predictions:
             return
-        self.publisher.basic_publish(
-            self.topology.predictions_exchange,
-            "",
-            encode_json([p.as_event() for p in predictions]),
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                message_id=f"predictions-{uuid.uuid4().hex}",
-                headers={
-                    "x-creditstream-model-version": self.model_version,
-                    "x-creditstream-records": len(predictions),
-                },
-            ),
-        )
+        self.relay.wake()
         self.metrics.records.labels("scored").inc(len(predictions))
+
+    # --- outbox (end) ---
 
     def _reply(
         self, message: PendingMessage, predictions: list[Prediction], result: StoreResult
@@ -721,14 +743,16 @@ class Settler:
                 records=[r for r in message.records if r.index not in gone],
                 rejections=[*message.rejections, *refused],
             )
-        # NOTE: replies are unconfirmed: the reply queue is the caller's and transient;
-        # the durable copy of every prediction is the results store.
-        self.channel.basic_publish(
-            "",
+        # --- outbox (begin) ---
+        # NOTE: handed to the relay's publishing connection (never blocks, never holds the
+        # ack): a reply published here would be blocked by a memory alarm, and the ack with it.
+        self.relay.reply(
             message.reply_to or "",
             encode_json(reply_body(message, predictions)),
-            pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
+            message.correlation_id,
         )
+        self.relay.wake()
+        # --- outbox (end) ---
 
 
 def message_id_of(raw: str | bytes | None, body: bytes) -> str:

@@ -50,6 +50,10 @@ class Topology:
     predictions_exchange: str
     delivery_limit: int
     retry_delay_ms: int = 1000
+    results_stream: str = ""
+    results_stream_max_bytes: int = 1_000_000_000
+    results_stream_max_age: str = "7D"
+    results_stream_segment_bytes: int = 100_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -62,6 +66,10 @@ class Topology:
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
             retry_delay_ms=settings.retry_delay_ms,
+            results_stream=settings.results_stream,
+            results_stream_max_bytes=settings.results_stream_max_bytes,
+            results_stream_max_age=settings.results_stream_max_age,
+            results_stream_segment_bytes=settings.results_stream_segment_bytes,
         )
 
     @property
@@ -103,6 +111,15 @@ class Topology:
             # the dead-letter queue cannot take it). RabbitMQ requires reject-publish with it.
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+        }
+
+    def results_stream_arguments(self) -> dict[str, Any]:
+        """Stream queue: an append-only, replayable log of prediction events, kept by size+age."""
+        return {
+            "x-queue-type": "stream",
+            "x-max-length-bytes": self.results_stream_max_bytes,
+            "x-max-age": self.results_stream_max_age,
+            "x-stream-max-segment-size-bytes": self.results_stream_segment_bytes,
         }
 
     def declare(self, channel: BlockingChannel) -> None:
@@ -170,6 +187,12 @@ class Topology:
         channel.queue_declare(
             self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
         )
+        if self.results_stream:
+            # NOTE: without a bound queue the fanout exchange confirms every event and drops it.
+            channel.queue_declare(
+                self.results_stream, durable=True, arguments=self.results_stream_arguments()
+            )
+            channel.queue_bind(self.results_stream, self.predictions_exchange)
 
 
 # Requests-queue arguments added after the first release: a queue declared without them
@@ -190,6 +213,7 @@ def isolated_names(prefix: str) -> dict[str, str]:
         "dead_letter_exchange": f"{prefix}.dead",
         "dead_letter_queue": f"{prefix}.dead",
         "predictions_exchange": f"{prefix}.predictions",
+        "results_stream": f"{prefix}.results",
     }
 
 
@@ -239,7 +263,12 @@ def delete_topology(settings: Settings) -> None:
         return
     try:
         retry = retry_queue_name(settings.requests_queue, settings.retry_delay_ms)
-        for queue in (settings.requests_queue, settings.dead_letter_queue, retry):
+        for queue in (
+            settings.requests_queue,
+            settings.dead_letter_queue,
+            retry,
+            settings.results_stream,
+        ):
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.channel().queue_delete(queue)
         for exchange in (

@@ -1,0 +1,122 @@
+"""Durable first, events after: a real memory alarm does not stop one consumer draining a backlog.
+
+The broker's memory alarm blocks every connection that publishes. A consumer that published
+(and waited for the confirm of) its prediction events on the connection it acks on could not
+ack during the alarm, so the backlog that raised the alarm never drained. Now results are
+committed together with an outbox row, the delivery is acked at once, and the events reach the
+results stream from the outbox, on a separate connection, once the alarm clears.
+
+The alarm is broker-wide (other publishers on this machine pause too): it is held only while
+the backlog drains, under the machine-wide alarm lock, and the configured watermark is restored
+in `finally` and checked afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from creditstream.settings import Settings
+from tests.faults.conftest import Workload, verdict
+from tests.faults.fleet import Fleet
+from tests.faults.injectors import current_watermark, memory_alarm, rabbitmqctl
+from tests.faults.ledger import record_run
+from tests.helpers import (
+    Processes,
+    count_rows,
+    read_results_stream,
+    ready_in_queue,
+    wait_until,
+)
+
+pytestmark = pytest.mark.faults
+
+CASES = [
+    pytest.param(Workload(3_000, real_data=False), 120, id="short-3k-backlog"),
+    pytest.param(Workload(20_000, real_data=False), 600, marks=pytest.mark.slow, id="20k-backlog"),
+]
+
+
+def watermark_in_force() -> str:
+    """The node's vm_memory_high_watermark now (what the alarm changed)."""
+    return rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize(("workload", "drain_timeout_s"), CASES)
+def test_one_consumer_drains_a_backlog_into_the_database_during_a_memory_alarm(
+    workload: Workload,
+    drain_timeout_s: float,
+    pg_settings: Callable[..., Settings],
+    processes: Processes,
+    request: pytest.FixtureRequest,
+) -> None:
+    n = workload.records
+    settings = pg_settings()
+    producer = processes.start(
+        ["produce", *workload.produce_args(), "--no-progress"], settings, "producer"
+    )
+    assert producer.wait(timeout=300) == 0, producer.log_text()[-2000:]
+    assert ready_in_queue(settings) == n, "the whole run waits in the queue as a backlog"
+
+    watermark = current_watermark()  # NOTE: read before: each rabbitmqctl call costs seconds
+    fleet = Fleet(processes, settings)
+    events_during: list[dict[str, object]] = []
+    with memory_alarm(watermark):
+        started = time.monotonic()
+        fleet.start()
+        stored_at_start = count_rows(settings)
+        drained = False
+        deadline = started + drain_timeout_s
+        while time.monotonic() < deadline:
+            if count_rows(settings) >= n:
+                drained = True
+                break
+            time.sleep(0.5)
+        drain_s = round(time.monotonic() - started, 1)
+        stored_during = count_rows(settings)
+        left_in_queue = ready_in_queue(settings)
+        assert drained, (
+            f"{stored_during:,} of {n:,} stored in {drain_s} s of memory alarm "
+            f"({left_in_queue:,} still ready in the queue): draining stopped under the alarm"
+        )
+        # NOTE: still inside the alarm: the events are held back (in the outbox), not lost.
+        events_during = read_results_stream(settings, idle_s=1.0)
+    after = watermark_in_force()
+    assert after == "0.4", f"watermark after the test: {after}"
+
+    cleared = time.monotonic()
+    events: list[dict[str, object]] = []
+
+    def all_events_arrived() -> bool:
+        events[:] = read_results_stream(settings, idle_s=1.0)
+        return len(events) >= n
+
+    wait_until(all_events_arrived, timeout=300, interval=2, message=f"{n:,} events in the stream")
+    events_s = round(time.monotonic() - cleared, 1)
+    exit_codes = fleet.stop()
+    result = verdict(settings, workload)
+    request_ids = [str(event["request_id"]) for event in events]
+    record_run(
+        "memory-alarm",
+        request.node.callspec.id,
+        records=n,
+        consumers=1,
+        stored_at_consumer_start=stored_at_start,
+        drain_seconds_during_alarm=drain_s,
+        stored_during_alarm=stored_during,
+        events_in_stream_during_alarm=len(events_during),
+        events_in_stream_after=len(events),
+        distinct_events_after=len(set(request_ids)),
+        seconds_until_events_after_clear=events_s,
+        watermark_after=after,
+        stored=result.stored,
+        lost=result.lost,
+        duplicated=result.duplicated,
+    )
+    assert exit_codes == [0]
+    assert result == type(result)(stored=n, lost=0, duplicated=0, unexpected=0)
+    assert len(events) == n and len(set(request_ids)) == n, "each event once in the stream"
+    assert {str(event["record_id"]) for event in events} == workload.expected_ids()

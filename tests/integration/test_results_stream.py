@@ -1,0 +1,205 @@
+"""Results are retrievable: every prediction event lands in a durable, replayable stream.
+
+Before: predictions went to a fanout exchange with no queue bound, so the broker confirmed
+them and dropped them. Now the topology binds a stream queue to the predictions exchange and
+the outbox relay publishes `mandatory`, so an event with nowhere to go stays in the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+
+import pika
+import pytest
+import requests
+
+from creditstream.autoscale.queue_depth import management_url_from_amqp
+from creditstream.batcher import Prediction
+from creditstream.settings import Settings
+from creditstream.store import OutboxEvent, ResultsStore
+from creditstream.topology import REQUEST_ROUTING_KEY
+from tests.helpers import AMQP_URL, PG_URL, read_results_stream, stored_rows, wait_until
+from tests.integration.test_bad_input_and_rpc import good, publish, running_consumer
+
+pytestmark = pytest.mark.integration
+
+
+def bound_queues(exchange: str) -> list[str]:
+    """Queues bound to an exchange of the default vhost (management API)."""
+    base = urllib.parse.urlsplit(management_url_from_amqp(AMQP_URL))
+    response = requests.get(
+        f"{base.scheme}://{base.hostname}:{base.port}/api/exchanges/%2F/"
+        f"{urllib.parse.quote(exchange, safe='')}/bindings/source",
+        auth=(urllib.parse.unquote(base.username or ""), urllib.parse.unquote(base.password or "")),
+        timeout=10,
+    )
+    response.raise_for_status()
+    return [b["destination"] for b in response.json() if b["destination_type"] == "queue"]
+
+
+@pytest.mark.timeout(120)
+def test_prediction_events_are_not_dropped_by_an_exchange_with_no_queue(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(batch_timeout_ms=20)
+    with running_consumer(settings):
+        for i in range(20):
+            publish(settings, json.dumps(good(i)).encode(), message_id=f"m{i}")
+        wait_until(lambda: len(stored_rows(settings)) == 20, timeout=30, message="stored")
+        queues = bound_queues(settings.predictions_exchange)
+    assert queues, (
+        f"no queue is bound to {settings.predictions_exchange}: the broker confirms every "
+        "prediction event and drops it"
+    )
+
+
+@pytest.mark.timeout(120)
+def test_every_event_lands_in_the_results_stream_once(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(batch_timeout_ms=20)
+    events: list[dict[str, object]] = []
+
+    def arrived(n: int) -> Callable[[], bool]:
+        def check() -> bool:
+            events[:] = read_results_stream(settings, idle_s=0.5)
+            return len(events) >= n
+
+        return check
+
+    with running_consumer(settings) as consumer:
+        for i in range(30):
+            publish(settings, json.dumps(good(i)).encode(), message_id=f"m{i}")
+        publish(settings, json.dumps([good("b0"), good("b1")]).encode(), message_id="batch")
+        wait_until(lambda: len(stored_rows(settings)) == 32, timeout=30, message="stored")
+        wait_until(arrived(32), timeout=30, interval=0.5, message="32 events in the stream")
+        # NOTE: a republished message (same id) adds no row, and therefore no event.
+        publish(settings, json.dumps(good(0)).encode(), message_id="m0")
+        wait_until(
+            lambda: consumer.metrics.duplicates._value.get() >= 1,
+            timeout=30,
+            message="the republished record skipped",
+        )
+        time.sleep(1.0)
+        events[:] = read_results_stream(settings, idle_s=0.5)
+    assert sorted(str(e["request_id"]) for e in events) == sorted(
+        [f"m{i}" for i in range(30)] + ["batch/0", "batch/1"]
+    )
+    assert {"probability", "is_default", "record_id", "model_version"} <= set(events[0])
+
+
+def unbind(settings: Settings, bind: bool = False) -> None:
+    """Take the results stream off the predictions exchange (or put it back)."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        if bind:
+            channel.queue_bind(settings.results_stream, settings.predictions_exchange)
+        else:
+            channel.queue_unbind(settings.results_stream, settings.predictions_exchange)
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(batch_timeout_ms=20, outbox_retry_max_s=1.0, outbox_poll_s=0.2)
+    with running_consumer(settings) as consumer:
+        wait_until(lambda: consumer.health.events_relay_connected, timeout=20, message="relay up")
+        unbind(settings)
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            channel = connection.channel()  # NOTE: no declare here: it would bind it again
+            for i in range(5):
+                channel.basic_publish(
+                    settings.requests_exchange,
+                    REQUEST_ROUTING_KEY,
+                    json.dumps(good(i)).encode(),
+                    pika.BasicProperties(content_type="application/json", message_id=f"u{i}"),
+                )
+        finally:
+            connection.close()
+        wait_until(lambda: len(stored_rows(settings)) == 5, timeout=30, message="stored")
+        wait_until(
+            lambda: consumer.metrics.events_returned._value.get() >= 2,
+            timeout=30,
+            message="returned events retried",
+        )
+        pending, _ = consumer.store.outbox_backlog()
+        in_stream_unbound = len(read_results_stream(settings, idle_s=0.5))
+        assert consumer.health.ready, "delayed events do not make the consumer unready"
+        unbind(settings, bind=True)
+        wait_until(
+            lambda: len(read_results_stream(settings, idle_s=0.5)) >= 5,
+            timeout=30,
+            interval=0.5,
+            message="events published once a queue is bound",
+        )
+        wait_until(
+            lambda: consumer.store.outbox_backlog()[0] == 0, timeout=10, message="outbox empty"
+        )
+    assert pending >= 1 and in_stream_unbound == 0
+
+
+_HOLD_ROWS = """
+import sys, time
+from sqlalchemy import create_engine
+from creditstream.store import ResultsStore
+store = ResultsStore(create_engine(sys.argv[1]), sys.argv[2])
+with store.outbox_batch(100) as batch:
+    print(len(batch.rows), flush=True)
+    time.sleep(600)
+"""
+
+
+def prediction(request_id: str) -> Prediction:
+    return Prediction(request_id, request_id, request_id, 0.5, False, 0.5, "v", 1.0, 2.0)
+
+
+def event_of(predictions: object) -> OutboxEvent:
+    return OutboxEvent("e-" + uuid.uuid4().hex, b"[]", 1, "v")
+
+
+@pytest.mark.timeout(120)
+def test_postgresql_relays_skip_locked_rows_and_take_over_a_killed_relays_rows(
+    pg_schema: str,
+) -> None:
+    store = ResultsStore.from_settings(Settings(database_url=PG_URL, database_schema=pg_schema))
+    try:
+        store.create_schema()
+        for i in range(3):
+            assert store.write([prediction(f"r{i}")], event_of) == 1
+        assert store.write([prediction("r0")], event_of) == 0, "no row: no second event"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_ROWS, PG_URL, pg_schema],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "3", "the other relay claimed every row"
+            with store.outbox_batch(100) as batch:
+                assert batch.rows == [], "rows locked by a live relay are skipped"
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+        with store.outbox_batch(100) as batch:
+            assert len(batch.rows) == 3, "a killed relay's rows are taken over"
+            batch.published.extend(row.id for row in batch.rows[:2])
+            batch.failed.append(batch.rows[2].id)
+        with store.outbox_batch(100) as batch:
+            assert [row.attempts for row in batch.rows] == [1]
+        assert store.outbox_backlog()[0] == 1
+    finally:
+        store.dispose()
