@@ -7,6 +7,7 @@ the outbox relay publishes `mandatory`, so an event with nowhere to go stays in 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pika
 import pytest
@@ -25,7 +26,15 @@ from creditstream.batcher import Prediction
 from creditstream.settings import Settings
 from creditstream.store import OutboxEvent, ResultsStore
 from creditstream.topology import REQUEST_ROUTING_KEY
-from tests.helpers import AMQP_URL, PG_URL, read_results_stream, stored_rows, wait_until
+from tests.helpers import (
+    AMQP_URL,
+    PG_URL,
+    Processes,
+    read_results_stream,
+    run_cli,
+    stored_rows,
+    wait_until,
+)
 from tests.integration.test_bad_input_and_rpc import good, publish, running_consumer
 
 pytestmark = pytest.mark.integration
@@ -203,3 +212,57 @@ def test_postgresql_relays_skip_locked_rows_and_take_over_a_killed_relays_rows(
         assert store.outbox_backlog()[0] == 1
     finally:
         store.dispose()
+
+
+def events_for(prefix: str, n: int) -> list[Prediction]:
+    return [prediction(f"{prefix}{i}") for i in range(n)]
+
+
+def event_message(predictions: Sequence[Prediction]) -> OutboxEvent:
+    body = json.dumps([p.as_event() for p in predictions]).encode()
+    return OutboxEvent("e-" + uuid.uuid4().hex, body, len(predictions), "v")
+
+
+@pytest.mark.timeout(180)
+def test_relay_command_publishes_a_dead_consumers_outbox_and_results_commands_read_it(
+    make_settings: Callable[..., Settings], pg_schema: str, processes: Processes
+) -> None:
+    """Rows committed by a consumer that died before its relay published them: a standalone
+    `creditstream relay` publishes them; `results follow` prints them from the stream (from
+    the first offset, or from a time), `results get` from the database."""
+    settings = make_settings(database_url=PG_URL, database_schema=pg_schema, outbox_poll_s=0.2)
+    store = ResultsStore.from_settings(settings)
+    try:
+        store.create_schema()
+        assert store.write(events_for("a", 3), event_message) == 3
+        relay = processes.start(["relay"], settings, "relay")
+        follow_all = ["results", "follow", "--from", "first", "--idle-exit", "3"]
+        wait_until(
+            lambda: len(run_cli(follow_all, settings, timeout=60).stdout.splitlines()) == 3,
+            timeout=60,
+            interval=1,
+            message="the relay published the first events",
+        )
+        time.sleep(1.5)
+        since = dt.datetime.now(dt.UTC).isoformat()
+        time.sleep(1.5)
+        assert store.write(events_for("b", 2), event_message) == 2
+        wait_until(lambda: store.outbox_backlog()[0] == 0, timeout=30, message="outbox empty")
+        everything = run_cli(follow_all, settings, timeout=60)
+        later = run_cli(
+            ["results", "follow", "--from", since, "--idle-exit", "3"], settings, timeout=60
+        )
+        limited = run_cli(
+            ["results", "follow", "--from", "first", "--limit", "2"], settings, timeout=60
+        )
+        got = run_cli(["results", "get", "a1", "b0", "nope"], settings, timeout=60)
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0, relay.log_text()[-2000:]
+    finally:
+        store.dispose()
+    ids = [json.loads(line)["request_id"] for line in everything.stdout.splitlines()]
+    assert ids == ["a0", "a1", "a2", "b0", "b1"], everything.stderr[-2000:]
+    assert [json.loads(line)["request_id"] for line in later.stdout.splitlines()] == ["b0", "b1"]
+    assert len(limited.stdout.splitlines()) == 2 and limited.returncode == 0
+    assert [json.loads(line)["request_id"] for line in got.stdout.splitlines()] == ["a1", "b0"]
+    assert got.returncode == 1 and "not found: nope" in got.stderr
