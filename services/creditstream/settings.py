@@ -302,6 +302,15 @@ class Settings(BaseSettings):
             raise ValueError(f"pika cannot use it ({detail})") from None
         return value
 
+    @model_validator(mode="after")
+    def _check_results_stream(self) -> Settings:
+        if self.results_stream_segment_bytes >= self.results_stream_max_bytes:
+            raise ValueError(
+                "results_stream_segment_bytes must be below results_stream_max_bytes: the "
+                "stream removes whole segments, so retention by size could never apply"
+            )
+        return self
+
     @field_validator("management_url")
     @classmethod
     def _check_management_url(cls, value: SecretStr | None) -> SecretStr | None:
