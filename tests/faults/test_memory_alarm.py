@@ -13,23 +13,29 @@ in `finally` and checked afterwards.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
+import pika
 import pytest
 
+from creditstream.client import SMOKE_RECORD
 from creditstream.settings import Settings
+from creditstream.topology import REQUEST_ROUTING_KEY, Topology
 from tests.faults.conftest import Workload, verdict
 from tests.faults.fleet import Fleet
 from tests.faults.injectors import current_watermark, memory_alarm, rabbitmqctl
 from tests.faults.ledger import record_run
 from tests.helpers import (
+    AMQP_URL,
     Processes,
     count_rows,
     read_results_stream,
     ready_in_queue,
     wait_until,
 )
+from tests.integration.test_bad_input_and_rpc import running_consumer
 
 pytestmark = pytest.mark.faults
 
@@ -116,7 +122,82 @@ def test_one_consumer_drains_a_backlog_into_the_database_during_a_memory_alarm(
         lost=result.lost,
         duplicated=result.duplicated,
     )
+    assert len(events_during) < n, "the alarm held the relay's publishes back (it was real)"
     assert exit_codes == [0]
     assert result == type(result)(stored=n, lost=0, duplicated=0, unexpected=0)
     assert len(events) == n and len(set(request_ids)) == n, "each event once in the stream"
     assert {str(event["record_id"]) for event in events} == workload.expected_ids()
+
+
+@pytest.mark.timeout(300)
+def test_a_reply_waits_for_the_alarm_to_clear_while_the_ack_does_not(
+    make_settings: Callable[..., Settings], request: pytest.FixtureRequest
+) -> None:
+    """What a caller waiting on reply_to sees: its request is scored, stored and acked during
+    the alarm, but the reply (published on the relay's blocked connection) arrives only once
+    the alarm clears."""
+    settings = make_settings(batch_timeout_ms=20)
+    reply_queue = f"{settings.requests_queue}.replies"
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        Topology.from_settings(settings).declare(channel)
+        channel.queue_declare(reply_queue, durable=False)
+        channel.basic_publish(
+            settings.requests_exchange,
+            REQUEST_ROUTING_KEY,
+            json.dumps(SMOKE_RECORD).encode(),
+            pika.BasicProperties(
+                content_type="application/json",
+                message_id="rpc-1",
+                reply_to=reply_queue,
+                correlation_id="c-1",
+            ),
+        )
+        watermark = current_watermark()
+        alarm = memory_alarm(watermark)
+        alarm.__enter__()
+        alarm_up = True
+        reply: list[bytes] = []
+
+        def replied() -> bool:
+            method, props, body = channel.basic_get(reply_queue, auto_ack=True)
+            if method is not None:
+                assert props.correlation_id == "c-1"
+                reply.append(body)
+            return bool(reply)
+
+        try:
+            # NOTE: the consumer outlives the alarm, as a deployment's would.
+            with running_consumer(settings) as consumer:
+                started = time.monotonic()
+                wait_until(
+                    lambda: consumer.metrics.messages._value.get() >= 1,
+                    timeout=60,
+                    message="the request stored and acked during the alarm",
+                )
+                acked_s = round(time.monotonic() - started, 1)
+                time.sleep(3.0)
+                assert count_rows(settings) == 1 and ready_in_queue(settings) == 0
+                assert not replied(), "a reply got through the alarm"
+                alarm_up = False
+                alarm.__exit__(None, None, None)
+                cleared = time.monotonic()
+                wait_until(replied, timeout=60, interval=0.2, message="the reply after the alarm")
+                reply_s = round(time.monotonic() - cleared, 1)
+        finally:
+            if alarm_up:
+                alarm.__exit__(None, None, None)
+        channel.queue_delete(reply_queue)
+    finally:
+        connection.close()
+    record_run(
+        "memory-alarm",
+        "reply-during-alarm",
+        records=1,
+        consumers=1,
+        acked_seconds_during_alarm=acked_s,
+        reply_seconds_after_clear=reply_s,
+    )
+    assert watermark_in_force() == "0.4"
+    assert json.loads(reply[0])["record_id"] == SMOKE_RECORD["ID"]
