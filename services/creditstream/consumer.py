@@ -562,9 +562,16 @@ class Settler:
                 if record.index not in gone
             ]
 
+        # --- outbox (begin): dead letters are committed to the outbox before the ack and
+        # published by the relay: a publish on this connection during a memory alarm would
+        # block it, and every ack with it.
+        in_outbox = self._dead_letters_to_outbox(
+            [a for a in actions if isinstance(a, DeadLetter)], by_tag
+        )
+        # --- outbox (end) ---
         for action in actions:
             if isinstance(action, DeadLetter):
-                self._dead_letter(by_tag[action.tag], action.rejection)
+                self._dead_letter(by_tag[action.tag], action.rejection, in_outbox=in_outbox)
             elif isinstance(action, PublishPredictions):
                 self._publish_predictions([p for tag in action.tags for p in kept(tag)])
             elif isinstance(action, Reply):
@@ -649,7 +656,53 @@ class Settler:
                 self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
         self.metrics.messages.inc(len(tags))
 
-    def _dead_letter(self, message: PendingMessage, rejection: Rejection) -> None:
+    # --- outbox (begin) ---
+    def _dead_letters_to_outbox(
+        self, actions: list[DeadLetter], by_tag: dict[int, PendingMessage]
+    ) -> bool:
+        """Commit the batch's dead letters to the outbox; False: publish them directly.
+
+        NOTE: a store without an outbox (the unit tests' in-memory one) or a database that
+        cannot take them now (outage, a value it refuses) falls back to the confirmed publish
+        on this connection: a dead letter must be safe before its delivery is acked.
+        """
+        enqueue = getattr(self.store, "enqueue", None)
+        if not actions or enqueue is None:
+            return False
+        events = []
+        for action in actions:
+            payload, headers, message_id = self._dead_letter_message(
+                by_tag[action.tag], action.rejection
+            )
+            events.append(
+                OutboxEvent(
+                    message_id="dead-"
+                    + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:40],
+                    body=payload,
+                    records=0,
+                    model_version="",
+                    destination={
+                        "exchange": self.topology.dead_letter_exchange,
+                        "routing_key": self.topology.dead_letter_queue,
+                        "message_id": message_id,
+                        "headers": headers,
+                    },
+                )
+            )
+        try:
+            enqueue(events)
+        except (SQLAlchemyError, UnicodeError, ValueError, TypeError) as exc:
+            log.warning(
+                "dead letters not written to the outbox (%s); publishing them directly",
+                store_error_detail(exc),
+            )
+            return False
+        self.relay.wake()
+        return True
+
+    def _dead_letter_message(
+        self, message: PendingMessage, rejection: Rejection
+    ) -> tuple[bytes, dict[str, Any], str]:
         payload = (
             message.body if rejection.index is None else _encode_raw(rejection.raw, message.body)
         )
@@ -660,47 +713,59 @@ class Settler:
         }
         if rejection.index is not None:
             headers[INDEX_HEADER] = rejection.index
-        properties = pika.BasicProperties(
-            content_type=_JSON,
-            delivery_mode=2,
-            headers=headers,
-            message_id=_short_id(
+        return (
+            payload,
+            headers,
+            _short_id(
                 f"{message.message_id}#dead"
                 + ("-body" if rejection.index is None else str(rejection.index))
             ),
         )
-        delay = self.policy.hold_base_s
-        while True:
-            try:
-                # NOTE: confirmed and mandatory: the original is acked only after the dead
-                # letter is in a queue. Unroutable (nothing bound) or nacked (the dead-letter
-                # queue refuses, e.g. full): keep the delivery unacked and try again.
-                self.publisher.basic_publish(
-                    self.topology.dead_letter_exchange,
-                    self.topology.dead_letter_queue,
-                    payload,
-                    properties,
-                    mandatory=True,
-                )
-            except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-                self.metrics.unroutable.inc()
-                self.health.publish_ok = False
-                if self.stop.is_set():
-                    raise  # stopping: the delivery goes back unacked (redelivered later)
-                log.error(
-                    "dead letter of %s %s by the broker (exchange %s); request kept unacked, "
-                    "retry in %.1fs",
-                    message.message_id[:200],
-                    "returned" if isinstance(exc, pika.exceptions.UnroutableError) else "nacked",
-                    self.topology.dead_letter_exchange,
-                    delay,
-                )
-                self.health.beat()
-                self.sleep(delay)
-                delay = min(delay * 2, self.policy.hold_max_s)
-                continue
-            break
-        self.health.publish_ok = True
+
+    # --- outbox (end) ---
+
+    def _dead_letter(
+        self, message: PendingMessage, rejection: Rejection, *, in_outbox: bool = False
+    ) -> None:
+        if not in_outbox:
+            payload, headers, message_id = self._dead_letter_message(message, rejection)
+            properties = pika.BasicProperties(
+                content_type=_JSON, delivery_mode=2, headers=headers, message_id=message_id
+            )
+            delay = self.policy.hold_base_s
+            while True:
+                try:
+                    # NOTE: confirmed and mandatory: the original is acked only after the dead
+                    # letter is in a queue. Unroutable (nothing bound) or nacked (the dead-letter
+                    # queue refuses, e.g. full): keep the delivery unacked and try again.
+                    self.publisher.basic_publish(
+                        self.topology.dead_letter_exchange,
+                        self.topology.dead_letter_queue,
+                        payload,
+                        properties,
+                        mandatory=True,
+                    )
+                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                    self.metrics.unroutable.inc()
+                    self.health.publish_ok = False
+                    if self.stop.is_set():
+                        raise  # stopping: the delivery goes back unacked (redelivered later)
+                    log.error(
+                        "dead letter of %s %s by the broker (exchange %s); request kept unacked, "
+                        "retry in %.1fs",
+                        message.message_id[:200],
+                        "returned"
+                        if isinstance(exc, pika.exceptions.UnroutableError)
+                        else "nacked",
+                        self.topology.dead_letter_exchange,
+                        delay,
+                    )
+                    self.health.beat()
+                    self.sleep(delay)
+                    delay = min(delay * 2, self.policy.hold_max_s)
+                    continue
+                break
+            self.health.publish_ok = True
         self.metrics.dead_lettered.labels(rejection.reason).inc()
         self.metrics.records.labels("rejected").inc()
         log.warning(

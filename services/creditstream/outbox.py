@@ -153,6 +153,11 @@ class OutboxRelay:
             except _CONNECTION_ERRORS as exc:
                 log.warning("relay: publishing connection lost (%s); reconnecting", exc)
                 self._stop.wait(delay)
+            except Exception:
+                # NOTE: a dead relay thread would leave events in the outbox unnoticed.
+                log.exception("relay: unexpected error; reconnecting in %.1fs", delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.settings.reconnect_max_s)
             finally:
                 self._connection = None
                 self._set_connected(False)
@@ -241,30 +246,45 @@ class OutboxRelay:
 
     def _publish(self, channel: BlockingChannel, row: OutboxRow) -> bool:
         event = row.event
-        try:
-            channel.basic_publish(
+        target = event.destination
+        if target is None:
+            exchange, routing_key, message_id = (
                 self.topology.predictions_exchange,
                 "",
+                event.message_id,
+            )
+            headers: dict[str, Any] = {
+                MODEL_VERSION_HEADER: event.model_version,
+                RECORDS_HEADER: event.records,
+            }
+        else:  # a dead letter
+            exchange, routing_key = str(target["exchange"]), str(target["routing_key"])
+            message_id = _printable(str(target.get("message_id") or event.message_id), 255)
+            headers = {
+                key: _printable(value) if isinstance(value, str) else value
+                for key, value in dict(target.get("headers") or {}).items()
+            }
+        try:
+            channel.basic_publish(
+                exchange,
+                routing_key,
                 event.body,
                 pika.BasicProperties(
                     content_type=_JSON,
                     delivery_mode=2,
-                    message_id=event.message_id,
-                    headers={
-                        MODEL_VERSION_HEADER: event.model_version,
-                        RECORDS_HEADER: event.records,
-                    },
+                    message_id=message_id,
+                    headers=headers,
                 ),
                 mandatory=True,
             )
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
             self.metrics.events_returned.inc()
             log.warning(
-                "relay: event %s %s by the broker (%s has no queue bound?); kept in the outbox, "
-                "retry in %.1fs",
+                "relay: message %s %s by the broker (%s has no queue bound?); kept in the "
+                "outbox, retry in %.1fs",
                 event.message_id,
                 "returned" if isinstance(exc, pika.exceptions.UnroutableError) else "nacked",
-                self.topology.predictions_exchange,
+                exchange,
                 self._next_backoff(),
             )
             return False
@@ -284,6 +304,14 @@ class OutboxRelay:
             return
         self.metrics.outbox_pending.set(pending)
         self.metrics.outbox_oldest_seconds.set(oldest or 0.0)
+
+
+def _printable(value: str, max_bytes: int | None = None) -> str:
+    """A string AMQP can carry: lone surrogates escaped; cut to `max_bytes` UTF-8 bytes."""
+    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if max_bytes is None or len(text.encode()) <= max_bytes:
+        return text
+    return text.encode()[:max_bytes].decode("utf-8", "ignore")
 
 
 def run_relay(settings: Settings) -> int:

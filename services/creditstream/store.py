@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     create_engine,
     delete,
     event,
@@ -120,9 +122,16 @@ def outbox_table(metadata: MetaData) -> Table:
             "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
         ),
         Column("message_id", String(100), nullable=False, comment="stable across republishes"),
-        Column("body", LargeBinary, nullable=False, comment="the event message, JSON"),
+        Column("body", LargeBinary, nullable=False, comment="the message body"),
         Column("records", Integer, nullable=False),
         Column("model_version", String(100), nullable=False),
+        Column(
+            "destination",
+            Text,
+            nullable=True,
+            comment="NULL: the predictions exchange; else JSON {exchange, routing_key, "
+            "message_id, headers} (dead letters), ASCII-escaped",
+        ),
         Column("attempts", Integer, nullable=False, server_default=text("0")),
         Column(
             "created_at",
@@ -135,12 +144,15 @@ def outbox_table(metadata: MetaData) -> Table:
 
 @dataclass(frozen=True)
 class OutboxEvent:
-    """One event message for the predictions exchange, as written to the outbox."""
+    """One message to publish after the commit: a prediction event (for the predictions
+    exchange) or, with `destination`, a dead letter (exchange, routing key, message id and
+    headers of its own)."""
 
     message_id: str
     body: bytes
     records: int
     model_version: str
+    destination: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +206,19 @@ def _outbox_values(event: OutboxEvent) -> dict[str, Any]:
         "body": event.body,
         "records": event.records,
         "model_version": event.model_version,
+        # NOTE: JSON with ASCII escapes: PostgreSQL text refuses NUL, and a message id or a
+        # detail may carry one (or a lone surrogate).
+        "destination": None
+        if event.destination is None
+        else json.dumps(event.destination, default=_json_default),
     }
+
+
+def _json_default(value: Any) -> str:
+    # NOTE: total: a header or id pika handed over as bytes (not UTF-8) must not stop a commit.
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def _outbox_rows(result: Any) -> list[OutboxRow]:
@@ -206,6 +230,7 @@ def _outbox_rows(result: Any) -> list[OutboxRow]:
                 body=bytes(row.body),
                 records=int(row.records),
                 model_version=row.model_version,
+                destination=None if row.destination is None else json.loads(row.destination),
             ),
             attempts=int(row.attempts),
         )
@@ -406,7 +431,9 @@ class ResultsStore:
             self.create_schema()
         c = self.outbox.c
         query = (
-            select(c.id, c.message_id, c.body, c.records, c.model_version, c.attempts)
+            select(
+                c.id, c.message_id, c.body, c.records, c.model_version, c.destination, c.attempts
+            )
             .order_by(c.id)
             .limit(limit)
         )
@@ -421,6 +448,15 @@ class ResultsStore:
             batch = OutboxBatch(_outbox_rows(conn.execute(query.with_for_update(skip_locked=True))))
             yield batch
             self._settle_outbox(conn, batch)
+
+    def enqueue(self, events: Sequence[OutboxEvent]) -> None:
+        """Commit messages to the outbox in one transaction (e.g. a batch's dead letters)."""
+        if not events:
+            return
+        if not self._schema_ready:
+            self.create_schema()
+        with self.engine.begin() as conn:
+            conn.execute(self.outbox.insert(), [_outbox_values(e) for e in events])
 
     def _settle_outbox(self, conn: Any, batch: OutboxBatch) -> None:
         c = self.outbox.c

@@ -201,3 +201,84 @@ def test_a_reply_waits_for_the_alarm_to_clear_while_the_ack_does_not(
     )
     assert watermark_in_force() == "0.4"
     assert json.loads(reply[0])["record_id"] == SMOKE_RECORD["ID"]
+
+
+@pytest.mark.timeout(400)
+def test_a_bad_record_during_a_memory_alarm_does_not_stop_the_acks(
+    pg_settings: Callable[..., Settings], processes: Processes, request: pytest.FixtureRequest
+) -> None:
+    """Dead letters leave through the outbox too: a rejected record met during the alarm does
+    not block the consumer's connection (a publish there would stop every ack)."""
+    settings = pg_settings()
+    good_n, bad_n = 1_000, 5
+    producer = processes.start(
+        ["produce", "--synthetic", "--limit", str(good_n), "--no-progress"], settings, "producer"
+    )
+    assert producer.wait(timeout=300) == 0, producer.log_text()[-2000:]
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for i in range(bad_n):
+            channel.basic_publish(
+                settings.requests_exchange,
+                REQUEST_ROUTING_KEY,
+                b"{not json",
+                pika.BasicProperties(content_type="application/json", message_id=f"bad-{i}"),
+            )
+    finally:
+        connection.close()
+    n = good_n + bad_n
+    assert ready_in_queue(settings) == n
+    watermark = current_watermark()
+    fleet = Fleet(processes, settings)
+    with memory_alarm(watermark):
+        started = time.monotonic()
+        member = fleet.start()
+
+        def acked() -> int:
+            fleet.scrape(member)
+            return int(member.last["creditstream_messages_total"])
+
+        drained = False
+        while time.monotonic() - started < 60:
+            if acked() >= n:
+                drained = True
+                break
+            time.sleep(0.5)
+        drain_s = round(time.monotonic() - started, 1)
+        stored, handled = count_rows(settings), acked()
+        dead_during = dead_letter_count(settings)
+    assert watermark_in_force() == "0.4"
+    assert drained, (
+        f"{handled:,} of {n:,} messages acked ({stored:,} of {good_n:,} records stored) after "
+        f"{drain_s} s of memory alarm: a dead letter blocked the consumer's connection"
+    )
+    wait_until(
+        lambda: dead_letter_count(settings) == bad_n, timeout=60, message="dead letters after"
+    )
+    exit_codes = fleet.stop()
+    record_run(
+        "memory-alarm",
+        "bad-records-during-alarm",
+        records=good_n,
+        bad_records=bad_n,
+        consumers=1,
+        drain_seconds_during_alarm=drain_s,
+        acked_during_alarm=handled,
+        dead_letters_during_alarm=dead_during,
+        dead_letters_after=dead_letter_count(settings),
+        stored=stored,
+    )
+    assert exit_codes == [0]
+    assert dead_during == 0, "the alarm held the dead letters back (it was real)"
+
+
+def dead_letter_count(settings: Settings) -> int:
+    """Messages in the dead-letter queue."""
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        frame = connection.channel().queue_declare(settings.dead_letter_queue, passive=True)
+        return int(frame.method.message_count)
+    finally:
+        connection.close()
