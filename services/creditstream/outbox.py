@@ -153,7 +153,7 @@ class OutboxRelay:
             except _CONNECTION_ERRORS as exc:
                 log.warning("relay: publishing connection lost (%s); reconnecting", exc)
                 self._stop.wait(delay)
-            except Exception:
+            except Exception:  # NOTE: the relay must outlive any one failure
                 # NOTE: a dead relay thread would leave events in the outbox unnoticed.
                 log.exception("relay: unexpected error; reconnecting in %.1fs", delay)
                 self._stop.wait(delay)
