@@ -50,6 +50,14 @@ def _faults(run: dict[str, Any]) -> str:
             f"{run['acked_seconds_during_alarm']} s into the alarm, no reply during it (3 s "
             f"checked), reply {run['reply_seconds_after_clear']} s after it cleared"
         )
+    if test == "memory-alarm" and "bad_records" in run:
+        return (
+            f"memory alarm while 1 consumer drained {run['records']:,} good + "
+            f"{run['bad_records']} malformed messages: {run['acked_during_alarm']:,} acked in "
+            f"{run['drain_seconds_during_alarm']} s during the alarm, "
+            f"{run['dead_letters_during_alarm']} dead letters published meanwhile, "
+            f"{run['dead_letters_after']} after it cleared"
+        )
     if test == "memory-alarm":
         return (
             f"memory alarm while {run['consumers']} consumer drained a backlog of "

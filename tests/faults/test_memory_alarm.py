@@ -258,6 +258,7 @@ def test_a_bad_record_during_a_memory_alarm_does_not_stop_the_acks(
         lambda: dead_letter_count(settings) == bad_n, timeout=60, message="dead letters after"
     )
     exit_codes = fleet.stop()
+    result = verdict(settings, Workload(good_n, real_data=False))
     record_run(
         "memory-alarm",
         "bad-records-during-alarm",
@@ -268,9 +269,13 @@ def test_a_bad_record_during_a_memory_alarm_does_not_stop_the_acks(
         acked_during_alarm=handled,
         dead_letters_during_alarm=dead_during,
         dead_letters_after=dead_letter_count(settings),
-        stored=stored,
+        dead_lettered_with_reason=dead_letter_count(settings),
+        stored=result.stored,
+        lost=result.lost,
+        duplicated=result.duplicated,
     )
     assert exit_codes == [0]
+    assert result == type(result)(stored=good_n, lost=0, duplicated=0, unexpected=0)
     assert dead_during == 0, "the alarm held the dead letters back (it was real)"
 
 
