@@ -188,11 +188,35 @@ class Topology:
             self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
         )
         if self.results_stream:
-            # NOTE: without a bound queue the fanout exchange confirms every event and drops it.
-            channel.queue_declare(
+            self._declare_results_stream(channel.connection)
+
+    def _declare_results_stream(self, connection: Any) -> None:
+        """The stream bound to the predictions exchange (without it, the fanout exchange
+        confirms every event and drops it).
+
+        NOTE: on a channel of its own: a stream declared earlier with other retention is
+        refused (PRECONDITION_FAILED closes the channel); that must not stop anyone serving.
+        Retention cannot change in place: the stream keeps its own, with a warning (change it
+        with a RabbitMQ policy: max-age, max-length-bytes, stream-max-segment-size-bytes).
+        """
+        stream = connection.channel()
+        try:
+            stream.queue_declare(
                 self.results_stream, durable=True, arguments=self.results_stream_arguments()
             )
-            channel.queue_bind(self.results_stream, self.predictions_exchange)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            log.warning(
+                "results stream %s exists with other retention (%s); keeping it: change "
+                "retention with a policy (max-age, max-length-bytes), or use a new stream name",
+                self.results_stream,
+                exc.reply_text,
+            )
+            stream = connection.channel()
+            stream.queue_declare(self.results_stream, passive=True)
+        stream.queue_bind(self.results_stream, self.predictions_exchange)
+        stream.close()
 
 
 # Requests-queue arguments added after the first release: a queue declared without them

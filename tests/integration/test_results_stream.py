@@ -25,7 +25,7 @@ from creditstream.autoscale.queue_depth import management_url_from_amqp
 from creditstream.batcher import Prediction
 from creditstream.settings import Settings
 from creditstream.store import OutboxEvent, ResultsStore
-from creditstream.topology import REQUEST_ROUTING_KEY
+from creditstream.topology import REQUEST_ROUTING_KEY, declare_topology
 from tests.helpers import (
     AMQP_URL,
     PG_URL,
@@ -266,3 +266,16 @@ def test_relay_command_publishes_a_dead_consumers_outbox_and_results_commands_re
     assert len(limited.stdout.splitlines()) == 2 and limited.returncode == 0
     assert [json.loads(line)["request_id"] for line in got.stdout.splitlines()] == ["a1", "b0"]
     assert got.returncode == 1 and "not found: nope" in got.stderr
+
+
+@pytest.mark.timeout(60)
+def test_other_retention_on_an_existing_stream_does_not_stop_anyone_serving(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Retention changed in the settings (or chart values) after the stream exists: the
+    declare keeps the existing stream (a policy changes retention) instead of failing."""
+    first = make_settings()
+    declare_topology(first)
+    changed = make_settings(results_stream_max_age="1D", results_stream_max_bytes=2_000_000_000)
+    declare_topology(changed)  # raised TopologyMismatchError (PRECONDITION_FAILED) before
+    assert changed.results_stream in bound_queues(changed.predictions_exchange)
