@@ -90,6 +90,8 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
+        # destination -> (retry at, backoff s): a destination that refused a message waits
+        self._held: dict[str, tuple[float, float]] = {}
 
     # --- called from the consumer's thread ----------------------------------------------------
     def start(self) -> OutboxRelay:
@@ -223,11 +225,22 @@ class OutboxRelay:
         try:
             with self.store.outbox_batch(limit) as batch:
                 try:
+                    now = time.monotonic()
                     for row in batch.rows:
-                        if not self._publish(channel, row):
+                        # NOTE: a destination that refused a message (unbound, full) backs off
+                        # alone: its rows are deferred (sorted behind fresh ones), the others
+                        # go on. One bad destination never holds up the rest.
+                        key = _destination(row)
+                        if self._held.get(key, (0.0, 0.0))[0] > now:
                             batch.failed.append(row.id)
-                            break
-                        batch.published.append(row.id)
+                        elif self._publish(channel, row):
+                            batch.published.append(row.id)
+                            self._held.pop(key, None)
+                        else:
+                            batch.failed.append(row.id)
+                            backoff = self._held.get(key, (0.0, 0.0))[1]
+                            backoff = min(max(backoff * 2, 0.5), self.settings.outbox_retry_max_s)
+                            self._held[key] = (now + backoff, backoff)
                 except _CONNECTION_ERRORS as exc:
                     error = exc  # NOTE: keep what was confirmed; the rest stays for a retry
         except SQLAlchemyError as exc:
@@ -237,12 +250,9 @@ class OutboxRelay:
         if error is not None:
             raise error
         self.metrics.events_published.inc(len(batch.published))
-        if batch.failed:
-            self._back_off()
-        else:
-            self._backoff = 0.0
+        self._backoff = 0.0
         self._report_backlog()
-        return not batch.failed and len(batch.rows) == limit
+        return bool(batch.published) and len(batch.rows) == limit
 
     def _publish(self, channel: BlockingChannel, row: OutboxRow) -> bool:
         event = row.event
@@ -280,12 +290,11 @@ class OutboxRelay:
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
             self.metrics.events_returned.inc()
             log.warning(
-                "relay: message %s %s by the broker (%s has no queue bound?); kept in the "
-                "outbox, retry in %.1fs",
+                "relay: message %s %s by the broker (%s has no queue bound, or it is full?); "
+                "kept in the outbox, retried with backoff",
                 event.message_id,
                 "returned" if isinstance(exc, pika.exceptions.UnroutableError) else "nacked",
                 exchange,
-                self._next_backoff(),
             )
             return False
         return True
@@ -304,6 +313,11 @@ class OutboxRelay:
             return
         self.metrics.outbox_pending.set(pending)
         self.metrics.outbox_oldest_seconds.set(oldest or 0.0)
+
+
+def _destination(row: OutboxRow) -> str:
+    target = row.event.destination
+    return "" if target is None else f"{target.get('exchange')}/{target.get('routing_key')}"
 
 
 def _printable(value: str, max_bytes: int | None = None) -> str:

@@ -434,7 +434,8 @@ class ResultsStore:
             select(
                 c.id, c.message_id, c.body, c.records, c.model_version, c.destination, c.attempts
             )
-            .order_by(c.id)
+            # NOTE: rows deferred (their destination refused a message) sort behind fresh ones
+            .order_by(c.attempts, c.id)
             .limit(limit)
         )
         if self._is_sqlite:

@@ -23,6 +23,7 @@ import requests
 
 from creditstream.autoscale.queue_depth import management_url_from_amqp
 from creditstream.batcher import Prediction
+from creditstream.outbox import OutboxRelay
 from creditstream.settings import Settings
 from creditstream.store import OutboxEvent, ResultsStore
 from creditstream.topology import REQUEST_ROUTING_KEY, declare_topology
@@ -279,3 +280,38 @@ def test_other_retention_on_an_existing_stream_does_not_stop_anyone_serving(
     changed = make_settings(results_stream_max_age="1D", results_stream_max_bytes=2_000_000_000)
     declare_topology(changed)  # raised TopologyMismatchError (PRECONDITION_FAILED) before
     assert changed.results_stream in bound_queues(changed.predictions_exchange)
+
+
+@pytest.mark.timeout(90)
+def test_a_dead_letter_with_nowhere_to_go_does_not_hold_up_the_events(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(outbox_poll_s=0.2, outbox_retry_max_s=1.0)
+    declare_topology(settings)
+    store = ResultsStore.from_settings(settings)
+    store.create_schema()
+    dead = OutboxEvent(
+        "dead-1",
+        b"{oops",
+        0,
+        "",
+        # NOTE: a direct exchange and a key nothing is bound to (declaring the topology, as
+        # the relay does on connect, cannot fix it): the broker returns it every time.
+        {"exchange": settings.requests_exchange, "routing_key": "nowhere", "headers": {}},
+    )
+    store.enqueue([dead])  # the oldest row: its destination routes nowhere
+    for prefix in "xyz":
+        store.write(events_for(prefix, 2), event_message)
+    relay = OutboxRelay(settings, store).start()
+    try:
+        wait_until(
+            lambda: len(read_results_stream(settings, idle_s=0.5)) >= 6,
+            timeout=30,
+            interval=0.5,
+            message="the events behind the stuck dead letter",
+        )
+        wait_until(lambda: store.outbox_backlog()[0] == 1, timeout=10, message="one row left")
+    finally:
+        relay.stop()
+        store.dispose()
+    assert relay.metrics.events_returned._value.get() >= 1

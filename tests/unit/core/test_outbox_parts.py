@@ -58,9 +58,10 @@ def test_published_rows_are_deleted_and_failed_ones_count_an_attempt(
         batch.published.append(batch.rows[0].id)
         batch.failed.append(batch.rows[1].id)
     with store.outbox_batch(100) as batch:
+        # NOTE: deferred rows sort behind fresh ones (one stuck destination holds up nothing)
         assert [(row.event.message_id, row.attempts) for row in batch.rows] == [
-            ("e-b", 1),
             ("e-c", 0),
+            ("e-b", 1),
         ]
     with pytest.raises(RuntimeError), store.outbox_batch(100) as batch:
         batch.published.extend(row.id for row in batch.rows)
