@@ -284,7 +284,7 @@ def results_follow(
     """Print prediction events from the results stream, one JSON line each."""
     import json
 
-    from creditstream.results import follow, parse_offset
+    from creditstream.results import FollowError, follow, parse_offset
 
     try:
         offset = parse_offset(start)
@@ -292,14 +292,18 @@ def results_follow(
         raise typer.BadParameter(str(exc), param_hint="--from") from exc
     settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
     _setup_logging(settings, "results")
-    follow(
-        settings,
-        offset,
-        lambda event: typer.echo(json.dumps(event)),
-        stop=_stop_on_signals(),
-        limit=limit,
-        idle_exit_s=idle_exit,
-    )
+    try:
+        follow(
+            settings,
+            offset,
+            lambda event: typer.echo(json.dumps(event)),
+            stop=_stop_on_signals(),
+            limit=limit,
+            idle_exit_s=idle_exit,
+        )
+    except FollowError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
 
 
 @results_app.command("get")

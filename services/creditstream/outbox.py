@@ -90,6 +90,7 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self._backoff = 0.0
+        self._delay = 0.2  # reconnect backoff
         # destination -> (retry at, backoff s): a destination that refused a message waits
         self._held: dict[str, tuple[float, float]] = {}
 
@@ -136,30 +137,32 @@ class OutboxRelay:
     # --- the relay's own thread ---------------------------------------------------------------
     def run(self) -> None:
         """Connect, publish, reconnect with backoff; until stopped."""
-        delay = 0.2
+        self._delay = 0.2
         while not self._stop.is_set():
             try:
                 connection = connect(self.settings, name=self.name, wait_s=0, stop=self._stop)
             except ConnectInterrupted:
                 break
             except BROKER_DOWN_ERRORS as exc:
-                log.warning("relay: broker unreachable (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                log.warning("relay: broker unreachable (%s); retrying in %.1fs", exc, self._delay)
+                self._stop.wait(self._delay)
+                self._delay = min(self._delay * 2, self.settings.reconnect_max_s)
                 continue
-            delay = 0.2
             self._connection = connection
             self._set_connected(True)
             try:
                 self._serve(connection)
             except _CONNECTION_ERRORS as exc:
+                # NOTE: the backoff grows until a round succeeds (_serve resets it): a broker
+                # that accepts the connection and then refuses the channel is not hammered.
                 log.warning("relay: publishing connection lost (%s); reconnecting", exc)
-                self._stop.wait(delay)
+                self._stop.wait(self._delay)
+                self._delay = min(self._delay * 2, self.settings.reconnect_max_s)
             except Exception:  # NOTE: the relay must outlive any one failure
                 # NOTE: a dead relay thread would leave events in the outbox unnoticed.
-                log.exception("relay: unexpected error; reconnecting in %.1fs", delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                log.exception("relay: unexpected error; reconnecting in %.1fs", self._delay)
+                self._stop.wait(self._delay)
+                self._delay = min(self._delay * 2, self.settings.reconnect_max_s)
             finally:
                 self._connection = None
                 self._set_connected(False)
@@ -208,12 +211,23 @@ class OutboxRelay:
                 reply = self._replies[0]
             # NOTE: unconfirmed: the reply queue is the caller's and transient; the durable
             # copy of every prediction is the results store.
-            channel.basic_publish(
-                "",
-                reply.routing_key,
-                reply.body,
-                pika.BasicProperties(content_type=_JSON, correlation_id=reply.correlation_id),
-            )
+            try:
+                channel.basic_publish(
+                    "",
+                    _printable(reply.routing_key, 255),
+                    reply.body,
+                    pika.BasicProperties(
+                        content_type=_JSON,
+                        correlation_id=None
+                        if reply.correlation_id is None
+                        else _printable(reply.correlation_id, 255),
+                    ),
+                )
+            except (ValueError, TypeError, pika.exceptions.ShortStringTooLong) as exc:
+                # NOTE: a reply that can never be encoded is dropped (counted), not retried
+                # for ever in front of every later reply.
+                self.metrics.replies_dropped.inc()
+                log.warning("relay: reply to %r dropped: %s", reply.routing_key[:100], exc)
             with self._lock:
                 if self._replies and self._replies[0] is reply:
                     self._replies.popleft()
@@ -251,6 +265,7 @@ class OutboxRelay:
             raise error
         self.metrics.events_published.inc(len(batch.published))
         self._backoff = 0.0
+        self._delay = 0.2  # NOTE: a round went through: the next reconnect starts quick again
         self._report_backlog()
         return bool(batch.published) and len(batch.rows) == limit
 

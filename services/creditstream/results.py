@@ -30,12 +30,16 @@ _NAMED = ("first", "last", "next")
 _PREFETCH = 500
 
 
+class FollowError(RuntimeError):
+    """The results stream cannot be read (no broker, no such stream, no permission)."""
+
+
 def parse_offset(value: str) -> StreamOffset:
     """`first`, `last`, `next`, an offset number or an ISO 8601 time (UTC when no zone given)."""
     text = value.strip()
     if text.lower() in _NAMED:
         return text.lower()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         moment = dt.datetime.fromisoformat(text)
@@ -48,8 +52,15 @@ def parse_offset(value: str) -> StreamOffset:
 
 
 def events_of(body: bytes) -> list[dict[str, Any]]:
-    """The prediction events in one message of the predictions exchange (a JSON list)."""
-    decoded = json.loads(body)
+    """The prediction events in one message of the predictions exchange (a JSON list).
+
+    Anything else (anyone allowed to publish there could) is skipped, with a warning.
+    """
+    try:
+        decoded = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("skipping a message that is not JSON (%d bytes)", len(body))
+        return []
     return [e for e in (decoded if isinstance(decoded, list) else [decoded]) if isinstance(e, dict)]
 
 
@@ -65,7 +76,9 @@ def follow(
     """Emit every event of the results stream from `start` until stopped; returns the count.
 
     Ends by itself after `limit` events or `idle_exit_s` seconds without one. A lost broker
-    connection is reopened from the offset after the last message read.
+    connection is reopened from the offset after the last message read (before the first
+    one, from `start` again: a named offset such as `next` may then skip what was published
+    meanwhile). Raises FollowError when the stream cannot be read at all.
     """
     offset: StreamOffset = start
     emitted = 0
@@ -76,8 +89,7 @@ def follow(
         try:
             connection = connect(settings, name="creditstream-results-follow", stop=stop)
         except BROKER_DOWN_ERRORS as exc:
-            log.error("broker unreachable: %s", exc)
-            return emitted
+            raise FollowError(f"broker unreachable: {exc}") from exc
         try:
             channel = connection.channel()
             # NOTE: a stream queue refuses consumers without a prefetch (and auto-ack).
@@ -104,8 +116,9 @@ def follow(
                 if idle_exit_s is not None and _now() - last_message >= idle_exit_s:
                     return emitted
         except pika.exceptions.ChannelClosedByBroker as exc:
-            log.error("cannot read stream %s: %s", settings.results_stream, exc.reply_text)
-            return emitted
+            raise FollowError(
+                f"cannot read stream {settings.results_stream}: {exc.reply_text}"
+            ) from exc
         except BROKER_DOWN_ERRORS as exc:
             log.warning("lost the broker (%s); resuming at offset %s", exc, offset)
         finally:

@@ -315,3 +315,12 @@ def test_a_dead_letter_with_nowhere_to_go_does_not_hold_up_the_events(
         relay.stop()
         store.dispose()
     assert relay.metrics.events_returned._value.get() >= 1
+
+
+@pytest.mark.timeout(60)
+def test_follow_fails_visibly_when_the_stream_cannot_be_read(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(results_stream=f"{make_settings().requests_queue}.no-such-stream")
+    result = run_cli(["results", "follow", "--from", "first", "--idle-exit", "2"], settings)
+    assert result.returncode == 1 and "cannot read stream" in result.stderr, result.stderr[-500:]

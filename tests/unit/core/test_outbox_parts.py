@@ -127,3 +127,13 @@ def test_stream_arguments_come_from_the_settings() -> None:
 def test_results_stream_settings_are_validated(overrides: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_a_message_that_is_not_json_is_skipped_not_fatal() -> None:
+    assert events_of(b"\xff not json") == []
+    assert events_of(b'[{"request_id": "a"}, 3]') == [{"request_id": "a"}]
+
+
+def test_a_digit_that_is_not_ascii_is_a_bad_offset() -> None:
+    with pytest.raises(ValueError, match="not a stream offset"):
+        parse_offset("²")
