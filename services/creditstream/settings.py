@@ -72,12 +72,14 @@ class Settings(BaseSettings):
         1_000_000_000,
         ge=1_000_000,
         description="Retention of the results stream by size (x-max-length-bytes): the oldest "
-        "segments are removed past it.",
+        "segments are removed past it. Applies when the stream is created; an existing stream "
+        "keeps its own (change it with a RabbitMQ policy).",
     )
     results_stream_max_age: str = Field(
         "7D",
         pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$",
-        description="Retention of the results stream by age (x-max-age, e.g. 7D, 12h, 30m).",
+        description="Retention of the results stream by age (x-max-age, e.g. 7D, 12h, 30m); "
+        "applies when the stream is created, like results_stream_max_bytes.",
     )
     results_stream_segment_bytes: int = Field(
         100_000_000,

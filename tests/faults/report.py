@@ -61,7 +61,8 @@ def _faults(run: dict[str, Any]) -> str:
     if test == "memory-alarm":
         return (
             f"memory alarm while {run['consumers']} consumer drained a backlog of "
-            f"{run['records']:,}: {run['stored_during_alarm']:,} stored in "
+            f"{run['records']:,}: {run['stored_during_alarm']:,} stored and "
+            f"{run.get('acked_during_alarm', 0):,} acked in "
             f"{run['drain_seconds_during_alarm']} s during the alarm, "
             f"{run['events_in_stream_during_alarm']:,} events in the results stream meanwhile; "
             f"after it cleared {run['events_in_stream_after']:,} events "
