@@ -99,7 +99,14 @@ class OutboxRelay:
         """Run on a daemon thread (a relay stuck in a blocked publish never holds up an exit)."""
         self._thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
         self._thread.start()
+        # NOTE: the backlog gauges on a thread of their own: the relay's thread may sit in a
+        # blocked publish for minutes (an alarm), exactly when an operator looks at them.
+        threading.Thread(target=self._watch_backlog, name="outbox-gauges", daemon=True).start()
         return self
+
+    def _watch_backlog(self) -> None:
+        while not self._stop.wait(max(self.settings.outbox_poll_s, 1.0) * 5):
+            self._report_backlog()
 
     def wake(self) -> None:
         """New rows are committed (or replies queued): look now, not at the next poll."""
@@ -237,7 +244,7 @@ class OutboxRelay:
         limit = self.settings.outbox_batch_rows
         error: BaseException | None = None
         try:
-            with self.store.outbox_batch(limit) as batch:
+            with self.store.outbox_batch(limit, self.settings.outbox_batch_bytes) as batch:
                 try:
                     now = time.monotonic()
                     for row in batch.rows:
@@ -324,7 +331,7 @@ class OutboxRelay:
     def _report_backlog(self) -> None:
         try:
             pending, oldest = self.store.outbox_backlog()
-        except SQLAlchemyError:
+        except (SQLAlchemyError, AttributeError):
             return
         self.metrics.outbox_pending.set(pending)
         self.metrics.outbox_oldest_seconds.set(oldest or 0.0)

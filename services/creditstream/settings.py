@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     outbox_batch_rows: int = Field(
         100, ge=1, le=10_000, description="Outbox rows the relay publishes per round."
     )
+    outbox_batch_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Body bytes the relay loads per round (at least one row): dead letters "
+        "keep whole bodies, so a round is bounded by bytes as well as rows.",
+    )
     outbox_retry_max_s: float = Field(
         30.0,
         gt=0,

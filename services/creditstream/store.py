@@ -416,7 +416,7 @@ class ResultsStore:
 
     # --- the outbox, for the relay ---------------------------------------------------------
     @contextlib.contextmanager
-    def outbox_batch(self, limit: int) -> Iterator[OutboxBatch]:
+    def outbox_batch(self, limit: int, max_bytes: int | None = None) -> Iterator[OutboxBatch]:
         """The oldest unpublished events, claimed for the time of the block.
 
         PostgreSQL: the rows stay locked (`FOR UPDATE SKIP LOCKED`) until the block ends, so
@@ -438,6 +438,19 @@ class ResultsStore:
             .order_by(c.attempts, c.id)
             .limit(limit)
         )
+        if max_bytes is not None:
+            # NOTE: bounded by bytes too (a whole-body dead letter may be large): look at the
+            # sizes first, then load only the rows that fit (always at least one).
+            sizes = select(c.id, func.length(c.body)).order_by(c.attempts, c.id).limit(limit)
+            with self.engine.connect() as conn:
+                ids: list[int] = []
+                total = 0
+                for row_id, size in conn.execute(sizes):
+                    if ids and total + int(size or 0) > max_bytes:
+                        break
+                    ids.append(row_id)
+                    total += int(size or 0)
+            query = query.where(c.id.in_(ids))
         if self._is_sqlite:
             with self.engine.connect() as conn:
                 batch = OutboxBatch(_outbox_rows(conn.execute(query)))

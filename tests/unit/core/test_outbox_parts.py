@@ -137,3 +137,14 @@ def test_a_message_that_is_not_json_is_skipped_not_fatal() -> None:
 def test_a_digit_that_is_not_ascii_is_a_bad_offset() -> None:
     with pytest.raises(ValueError, match="not a stream offset"):
         parse_offset("²")
+
+
+def test_a_relay_round_is_bounded_by_bytes_as_well_as_rows(store: ResultsStore) -> None:
+    big = b"x" * 200_000
+    store.enqueue([OutboxEvent(f"big-{i}", big, 0, "") for i in range(3)])
+    with store.outbox_batch(100, max_bytes=300_000) as batch:
+        assert [row.event.message_id for row in batch.rows] == ["big-0"]
+    with store.outbox_batch(100, max_bytes=100) as batch:
+        assert len(batch.rows) == 1, "at least one row, however large"
+    with store.outbox_batch(100) as batch:
+        assert len(batch.rows) == 3
