@@ -76,9 +76,9 @@ def follow(
     """Emit every event of the results stream from `start` until stopped; returns the count.
 
     Ends by itself after `limit` events or `idle_exit_s` seconds without one. A lost broker
-    connection is reopened from the offset after the last message read (before the first
-    one, from `start` again: a named offset such as `next` may then skip what was published
-    meanwhile). Raises FollowError when the stream cannot be read at all.
+    connection is reopened from the offset after the last message read (before the first one,
+    from the time of the first attach: `next` does not skip what was published meanwhile).
+    Raises FollowError when the stream cannot be read at all.
     """
     offset: StreamOffset = start
     emitted = 0
@@ -90,6 +90,10 @@ def follow(
             connection = connect(settings, name="creditstream-results-follow", stop=stop)
         except BROKER_DOWN_ERRORS as exc:
             raise FollowError(f"broker unreachable: {exc}") from exc
+        if offset in ("next", "last"):
+            # NOTE: should this connection drop before a message arrives, the next one starts
+            # where this one did (by time), not at a new "next" that skips what came meanwhile.
+            attached_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
         try:
             channel = connection.channel()
             # NOTE: a stream queue refuses consumers without a prefetch (and auto-ack).
@@ -120,6 +124,8 @@ def follow(
                 f"cannot read stream {settings.results_stream}: {exc.reply_text}"
             ) from exc
         except BROKER_DOWN_ERRORS as exc:
+            if offset in ("next", "last"):
+                offset = attached_at
             log.warning("lost the broker (%s); resuming at offset %s", exc, offset)
         finally:
             try:
