@@ -32,11 +32,17 @@ from tests.helpers import (
     PG_URL,
     Processes,
     read_results_stream,
+    ready_in_queue,
     run_cli,
     stored_rows,
     wait_until,
 )
-from tests.integration.test_bad_input_and_rpc import good, publish, running_consumer
+from tests.integration.test_bad_input_and_rpc import (
+    drain_dead_letters,
+    good,
+    publish,
+    running_consumer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +339,42 @@ def test_follow_fails_visibly_when_the_stream_cannot_be_read(
     settings = make_settings(results_stream=f"{make_settings().requests_queue}.no-such-stream")
     result = run_cli(["results", "follow", "--from", "first", "--idle-exit", "2"], settings)
     assert result.returncode == 1 and "cannot read stream" in result.stderr, result.stderr[-500:]
+
+
+@pytest.mark.timeout(90)
+def test_a_non_utf8_message_id_next_to_a_bad_record_is_settled_on_postgresql(
+    make_settings: Callable[..., Settings], pg_schema: str
+) -> None:
+    """pika hands a short string that is not UTF-8 over as bytes: the event and the dead
+    letter of its batch still reach the outbox, and every delivery is acked."""
+    settings = make_settings(database_url=PG_URL, database_schema=pg_schema, batch_timeout_ms=200)
+    with running_consumer(settings):
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            channel = connection.channel()
+            for message_id, body in [
+                (b"ok-1", json.dumps(good("g1")).encode()),
+                (b"bad-\xed\xa0\x80", json.dumps([good("g2"), {**good("x"), "SEX": 9}]).encode()),
+                (b"ok-2", json.dumps(good("g3")).encode()),
+            ]:
+                channel.basic_publish(
+                    settings.requests_exchange,
+                    REQUEST_ROUTING_KEY,
+                    body,
+                    pika.BasicProperties(
+                        content_type="application/json",
+                        message_id=message_id,  # type: ignore[arg-type]
+                    ),
+                )
+        finally:
+            connection.close()
+        wait_until(lambda: len(stored_rows(settings)) == 3, timeout=30, message="stored")
+        dead = drain_dead_letters(settings, expected=1, timeout=30)
+        wait_until(
+            lambda: len(read_results_stream(settings, idle_s=0.5)) >= 3,
+            timeout=30,
+            interval=0.5,
+            message="3 events",
+        )
+        assert ready_in_queue(settings) == 0
+    assert len(dead) == 1
