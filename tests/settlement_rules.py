@@ -136,14 +136,14 @@ class FaultyStore:
         self.transient_left = transient_failures
         self.transient_raised = 0
 
-    def write(self, predictions: Sequence[Any]) -> int:
+    def write(self, predictions: Sequence[Any], event_of: Any = None) -> int:
         if self.transient_left > 0:
             self.transient_left -= 1
             self.transient_raised += 1
             raise OperationalError("INSERT", None, ConnectionError("connection refused"))
         if any(str(p.record_id).startswith(REFUSED_PREFIX) for p in predictions):
             raise DataError("INSERT", None, ValueError("value refused by the test store"))
-        return int(self.inner.write(predictions))
+        return int(self.inner.write(predictions, event_of))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -154,10 +154,13 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.rows: dict[str, Any] = {}
+        self.outbox: list[Any] = []  # events committed with their rows (as ResultsStore does)
 
-    def write(self, predictions: Sequence[Any]) -> int:
+    def write(self, predictions: Sequence[Any], event_of: Any = None) -> int:
         new = {p.request_id: p for p in predictions if p.request_id not in self.rows}
         self.rows.update(new)
+        if new and event_of is not None:
+            self.outbox.append(event_of(list(new.values())))
         return len(new)
 
     def probe(self) -> None:

@@ -1,7 +1,10 @@
 """The scoring consumer: micro-batched ONNX inference between RabbitMQ and the results store.
 
 Failure rules (tested in tests/integration and tests/faults):
-- ack only after the batch's results are committed to the store (basic_ack multiple=True);
+- ack only after the batch's results are committed to the store (basic_ack multiple=True),
+  and as soon as they are: the batch's prediction event is committed with it (outbox) and
+  published later by the relay on its own connection (creditstream/outbox.py), so a memory
+  alarm blocking publishers never holds the acks; replies go out through the relay too;
 - a bad record is dead-lettered alone with a reason; its batch-mates are still scored;
 - a scoring failure is isolated to the message(s) causing it, which are requeued so the quorum
   queue's delivery limit ends a message that keeps failing (no infinite loop);
@@ -21,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -40,6 +43,7 @@ from creditstream.codec import DecodedMessage, Rejection, decode_request, encode
 from creditstream.deadletters import DeadLetterLimits, DeadLetterMessage, plan_dead_letters
 from creditstream.guard import check_properties, install_header_guard, reply_allowed
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
+from creditstream.outbox import OutboxRelay
 from creditstream.settlement import (
     NOT_STORED,
     STORE_REJECTED,
@@ -61,7 +65,7 @@ from creditstream.settlement import (
     refused_by_delivery,
     settle,
 )
-from creditstream.store import classify_store_error, store_error_detail
+from creditstream.store import OutboxEvent, classify_store_error, store_error_detail
 from creditstream.topology import (
     ATTEMPT_HEADER,
     DETAIL_HEADER,
@@ -113,6 +117,7 @@ class Consumer:
         store: ResultsStore,
         metrics: ConsumerMetrics | None = None,
         health: HealthState | None = None,
+        relay: OutboxRelay | None = None,
     ) -> None:
         self.settings = settings
         self.topology = Topology.from_settings(settings)
@@ -135,6 +140,9 @@ class Consumer:
             hold_max_s=settings.reconnect_max_s,
             delivery_limit=settings.delivery_limit,
         )
+        # --- outbox (begin): events and replies leave through the relay's own connection ----
+        self.relay = relay or OutboxRelay(settings, store, self.metrics, self.health)
+        # --- outbox (end) ---
 
     # --- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -143,6 +151,13 @@ class Consumer:
 
     def run(self) -> int:
         """Serve until stopped or idle; reconnect with backoff when the broker goes away."""
+        self.relay.start()
+        try:
+            return self._run()
+        finally:
+            self.relay.stop()
+
+    def _run(self) -> int:
         delay, attempts, first = 0.2, 0, True
         while not self._stop.is_set():
             try:
@@ -273,6 +288,7 @@ class Consumer:
             model_version=self.scorer.version,
             stop=self._stop,
             sleep=channel.connection.sleep,
+            relay=self.relay,
             dead_letter_limits=DeadLetterLimits(
                 self.settings.max_dead_letters_per_message,
                 self.settings.dead_letter_excerpt_bytes,
@@ -414,12 +430,14 @@ class Settler:
         model_version: str,
         stop: threading.Event,
         sleep: Callable[[float], None],
+        relay: OutboxRelay,
         dead_letter_limits: DeadLetterLimits | None = None,
         reply_to_prefixes: tuple[str, ...] = (),
         account: str = "",
         retry_key: bytes = b"",
     ) -> None:
         self.channel, self.publisher = channel, publisher
+        self.relay = relay
         self.dead_letter_limits = dead_letter_limits or DeadLetterLimits(100, 65_536)
         self.reply_to_prefixes, self.account = reply_to_prefixes, account
         self.retry_key = retry_key
@@ -489,7 +507,9 @@ class Settler:
         started = time.perf_counter()
         try:
             inserted, refused = bisect_refused(
-                lambda part: self.store.write([predictions[tag][i] for tag, i in part]),
+                lambda part: self.store.write(
+                    [predictions[tag][i] for tag, i in part], self._event_of
+                ),
                 rows,
                 lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
             )
@@ -583,29 +603,40 @@ class Settler:
         for action in actions:
             if isinstance(action, DeadLetter):
                 rejected.setdefault(action.tag, []).append(action.rejection)
+        letters: dict[int, list[DeadLetterMessage]] = {
+            tag: plan_dead_letters(
+                by_tag[tag].message_id,
+                by_tag[tag].body,
+                rejections,
+                is_batch=by_tag[tag].is_batch,
+                limits=self.dead_letter_limits,
+            )
+            for tag, rejections in rejected.items()
+        }
+        # --- outbox (begin): dead letters are committed to the outbox before the ack and
+        # published by the relay: a publish on this connection during a memory alarm would
+        # block it, and every ack with it. A full dead-letter queue then makes the relay keep
+        # the row and retry (the request is acked: its dead letters are safe in the store).
+        in_outbox = self._dead_letters_to_outbox(letters, by_tag)
+        # --- outbox (end) ---
         requeued: set[int] = set()
         for action in actions:
             tag = getattr(action, "tag", None)
             if tag in requeued:
                 continue
             if isinstance(action, DeadLetter):
-                rejections = rejected.pop(action.tag, None)
-                if rejections is not None:
+                planned = letters.pop(action.tag, None)
+                if planned is not None:
                     message = by_tag[action.tag]
                     try:
-                        for letter in plan_dead_letters(
-                            message.message_id,
-                            message.body,
-                            rejections,
-                            is_batch=message.is_batch,
-                            limits=self.dead_letter_limits,
-                        ):
-                            self._dead_letter(message, letter)
+                        for letter in planned:
+                            self._dead_letter(message, letter, in_outbox=in_outbox)
                     except _DeadLetterRefused:
-                        # NOTE: the dead-letter queue is full: requeue this message only (its
-                        # delivery limit ends the retries; the requests queue dead-letters
-                        # at-least-once, so the broker keeps it until there is room) and keep
-                        # serving the others: a full queue must not stall every consumer.
+                        # NOTE: (direct publish only) the dead-letter queue is full: requeue
+                        # this message only (its delivery limit ends the retries; the requests
+                        # queue dead-letters at-least-once, so the broker keeps it until there
+                        # is room) and keep serving the others: a full queue must not stall
+                        # every consumer.
                         self.channel.basic_nack(action.tag, requeue=True)
                         self._unsettled.discard(action.tag)
                         requeued.add(action.tag)
@@ -714,12 +745,77 @@ class Settler:
                 self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
         self.metrics.messages.inc(len(tags))
 
-    def _dead_letter(self, message: PendingMessage, letter: DeadLetterMessage) -> None:
+    # --- outbox (begin) ---
+    def _dead_letters_to_outbox(
+        self, letters: dict[int, list[DeadLetterMessage]], by_tag: dict[int, PendingMessage]
+    ) -> bool:
+        """Commit the batch's planned dead letters to the outbox; False: publish them directly.
+
+        NOTE: a store without an outbox (the unit tests' in-memory one) or a database that
+        cannot take them now (outage, a value it refuses) falls back to the confirmed publish
+        on this connection: a dead letter must be safe before its delivery is acked.
+        """
+        enqueue = getattr(self.store, "enqueue", None)
+        if not any(letters.values()) or enqueue is None:
+            return False
+        events = []
+        for planned in letters.values():
+            for letter in planned:
+                message_id = _short_id(letter.message_id)
+                events.append(
+                    OutboxEvent(
+                        message_id="dead-"
+                        + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[
+                            :40
+                        ],
+                        body=letter.payload,
+                        records=0,
+                        model_version="",
+                        destination={
+                            "exchange": self.topology.dead_letter_exchange,
+                            "routing_key": self.topology.dead_letter_queue,
+                            "message_id": message_id,
+                            "headers": letter.headers,
+                        },
+                    )
+                )
+        try:
+            enqueue(events)
+        except (SQLAlchemyError, UnicodeError, ValueError, TypeError) as exc:
+            log.warning(
+                "dead letters not written to the outbox (%s); publishing them directly",
+                store_error_detail(exc),
+            )
+            return False
+        self.relay.wake()
+        return True
+
+    # --- outbox (end) ---
+
+    def _dead_letter(
+        self, message: PendingMessage, letter: DeadLetterMessage, *, in_outbox: bool = False
+    ) -> None:
         payload, headers = letter.payload, letter.headers
+        if not in_outbox:
+            self._publish_dead_letter(message, letter)
+        for reason in letter.reasons:
+            self.metrics.dead_lettered.labels(reason).inc()
+        self.metrics.records.labels("rejected").inc(len(letter.reasons))
+        log.warning(
+            "dead-lettered %s record %s: %s (%s; %d bytes)",
+            message.message_id[:200],
+            letter.index,
+            headers.get(REASON_HEADER),
+            str(headers.get(DETAIL_HEADER, ""))[:200],
+            len(payload),
+        )
+
+    def _publish_dead_letter(self, message: PendingMessage, letter: DeadLetterMessage) -> None:
+        """The direct path (no outbox): a confirmed publish on this connection."""
         properties = pika.BasicProperties(
             content_type=_JSON,
             delivery_mode=2,
-            headers=headers,
+            headers=letter.headers,
             message_id=_short_id(letter.message_id),
         )
         delay = self.policy.hold_base_s
@@ -731,7 +827,7 @@ class Settler:
                 self.publisher.basic_publish(
                     self.topology.dead_letter_exchange,
                     self.topology.dead_letter_queue,
-                    payload,
+                    letter.payload,
                     properties,
                     mandatory=True,
                 )
@@ -756,36 +852,27 @@ class Settler:
                 continue
             break
         self.health.publish_ok = True
-        for reason in letter.reasons:
-            self.metrics.dead_lettered.labels(reason).inc()
-        self.metrics.records.labels("rejected").inc(len(letter.reasons))
-        log.warning(
-            "dead-lettered %s record %s: %s (%s; %d bytes)",
-            message.message_id[:200],
-            letter.index,
-            headers.get(REASON_HEADER),
-            str(headers.get(DETAIL_HEADER, ""))[:200],
-            len(payload),
+
+    # --- outbox (begin) ---
+    def _event_of(self, predictions: Sequence[Prediction]) -> OutboxEvent:
+        """The event message of the rows one store transaction adds (committed with them)."""
+        return OutboxEvent(
+            message_id=f"predictions-{uuid.uuid4().hex}",
+            body=encode_json([p.as_event() for p in predictions]),
+            records=len(predictions),
+            model_version=self.model_version,
         )
 
     def _publish_predictions(self, predictions: list[Prediction]) -> None:
+        # NOTE: durable first, events after: the event was committed to the outbox with the
+        # rows (_event_of); the relay publishes it on its own connection. Nothing is published
+        # here, so nothing here waits for the broker before the ack.
         if not predictions:
             return
-        self.publisher.basic_publish(
-            self.topology.predictions_exchange,
-            "",
-            encode_json([p.as_event() for p in predictions]),
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                message_id=f"predictions-{uuid.uuid4().hex}",
-                headers={
-                    "x-creditstream-model-version": self.model_version,
-                    "x-creditstream-records": len(predictions),
-                },
-            ),
-        )
+        self.relay.wake()
         self.metrics.records.labels("scored").inc(len(predictions))
+
+    # --- outbox (end) ---
 
     def _reply(
         self, message: PendingMessage, predictions: list[Prediction], result: StoreResult
@@ -808,14 +895,16 @@ class Settler:
                 " or a configured prefix" if self.reply_to_prefixes else "",
             )
             return
-        # NOTE: replies are unconfirmed: the reply queue is the caller's and transient;
-        # the durable copy of every prediction is the results store.
-        self.channel.basic_publish(
-            "",
+        # --- outbox (begin) ---
+        # NOTE: handed to the relay's publishing connection (never blocks, never holds the
+        # ack): a reply published here would be blocked by a memory alarm, and the ack with it.
+        self.relay.reply(
             message.reply_to or "",
             encode_json(reply_body(message, predictions)),
-            pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
+            message.correlation_id,
         )
+        self.relay.wake()
+        # --- outbox (end) ---
 
 
 def _account_of(channel: Any) -> str:

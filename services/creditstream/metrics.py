@@ -141,6 +141,37 @@ class ConsumerMetrics:
         self.ready = Gauge(
             "creditstream_ready", "1 when broker, model and store are usable.", registry=r
         )
+        # --- outbox relay (events after: delayed events do not make a consumer unready) ----
+        self.events_published = Counter(
+            "creditstream_events_published_total",
+            "Prediction event messages the relay published from the outbox (confirmed).",
+            registry=r,
+        )
+        self.events_returned = Counter(
+            "creditstream_events_returned_total",
+            "Event publishes returned unroutable or nacked by the broker (kept, retried).",
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "creditstream_outbox_pending_events",
+            "Event messages committed but not yet published (last relay look).",
+            registry=r,
+        )
+        self.outbox_oldest_seconds = Gauge(
+            "creditstream_outbox_oldest_event_seconds",
+            "Age of the oldest unpublished event message (0 when none).",
+            registry=r,
+        )
+        self.relay_connected = Gauge(
+            "creditstream_relay_connected",
+            "1 while the relay's publishing connection is open.",
+            registry=r,
+        )
+        self.replies_dropped = Counter(
+            "creditstream_replies_dropped_total",
+            "RPC replies dropped because reply_buffer was full (the result is in the store).",
+            registry=r,
+        )
 
 
 @dataclass
@@ -153,6 +184,8 @@ class HealthState:
     store_ok: bool = False
     publish_ok: bool = True
     draining: bool = False
+    # NOTE: reported, never part of `ready`: delayed events do not stop a consumer consuming.
+    events_relay_connected: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
     def beat(self) -> None:
@@ -183,6 +216,7 @@ class HealthState:
             "store_ok": self.store_ok,
             "publish_ok": self.publish_ok,
             "draining": self.draining,
+            "events_relay_connected": self.events_relay_connected,
         }
 
 

@@ -63,6 +63,30 @@ class Settings(BaseSettings):
     predictions_exchange: str = Field(
         "creditstream.predictions", description="Exchange every scored batch is published to."
     )
+    results_stream: str = Field(
+        "creditstream.results",
+        description="Stream queue (x-queue-type: stream) bound to predictions_exchange: every "
+        "prediction event, durable and replayable (`creditstream results follow`).",
+    )
+    results_stream_max_bytes: int = Field(
+        1_000_000_000,
+        ge=1_000_000,
+        description="Retention of the results stream by size (x-max-length-bytes): the oldest "
+        "segments are removed past it. Applies when the stream is created; an existing stream "
+        "keeps its own (change it with a RabbitMQ policy).",
+    )
+    results_stream_max_age: str = Field(
+        "7D",
+        pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$",
+        description="Retention of the results stream by age (x-max-age, e.g. 7D, 12h, 30m); "
+        "applies when the stream is created, like results_stream_max_bytes.",
+    )
+    results_stream_segment_bytes: int = Field(
+        100_000_000,
+        ge=100_000,
+        description="Segment size of the results stream (x-stream-max-segment-size-bytes); "
+        "retention removes whole segments, so keep it well below results_stream_max_bytes.",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,
@@ -118,6 +142,36 @@ class Settings(BaseSettings):
         le=3600,
         description="PostgreSQL statement_timeout of the results store's sessions: a write "
         "slower than this is cancelled and retried as a transient store failure.",
+    )
+
+    outbox_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the outbox relay looks for unpublished events (it is also woken "
+        "after every commit of its own consumer).",
+    )
+    outbox_batch_rows: int = Field(
+        100, ge=1, le=10_000, description="Outbox rows the relay publishes per round."
+    )
+    outbox_batch_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Body bytes the relay loads per round (at least one row): dead letters "
+        "keep whole bodies, so a round is bounded by bytes as well as rows.",
+    )
+    outbox_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Upper bound of the relay's backoff when events are returned unroutable, "
+        "nacked or the broker is away.",
+    )
+    reply_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Replies to RPC callers waiting for the publishing connection (e.g. during "
+        "a memory alarm); beyond it the oldest is dropped and counted (the caller times out, "
+        "the result is in the database).",
     )
 
     # --- data and model ---------------------------------------------------------------------
@@ -330,12 +384,25 @@ class Settings(BaseSettings):
             self.dead_letter_exchange,
             self.dead_letter_queue,
             self.predictions_exchange,
+            # NOTE: a reply in the retry queue comes back as a request; in the results stream
+            # it would be read as prediction events.
+            f"{self.requests_queue}.retry-{self.retry_delay_ms}ms",
+            *([self.results_stream] if self.results_stream else []),
         )
         for prefix in self.reply_to_prefix_list:
             if any(name.startswith(prefix) for name in own):
                 raise ValueError(
                     f"reply_to_prefixes: {prefix!r} admits this deployment's own queues"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_results_stream(self) -> Settings:
+        if self.results_stream_segment_bytes >= self.results_stream_max_bytes:
+            raise ValueError(
+                "results_stream_segment_bytes must be below results_stream_max_bytes: the "
+                "stream removes whole segments, so retention by size could never apply"
+            )
         return self
 
     @field_validator("management_url")

@@ -60,6 +60,10 @@ class Topology:
     dead_letter_max_bytes: int = 256 * 1024 * 1024
     dead_letter_max_messages: int = 1_000_000
     declare_topology: bool = True
+    results_stream: str = ""
+    results_stream_max_bytes: int = 1_000_000_000
+    results_stream_max_age: str = "7D"
+    results_stream_segment_bytes: int = 100_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -75,6 +79,10 @@ class Topology:
             dead_letter_max_bytes=settings.dead_letter_max_bytes,
             dead_letter_max_messages=settings.dead_letter_max_messages,
             declare_topology=settings.declare_topology,
+            results_stream=settings.results_stream,
+            results_stream_max_bytes=settings.results_stream_max_bytes,
+            results_stream_max_age=settings.results_stream_max_age,
+            results_stream_segment_bytes=settings.results_stream_segment_bytes,
         )
 
     @property
@@ -131,6 +139,15 @@ class Topology:
             # NOTE: the byte bound counts bodies only, so the number is bounded too.
             "x-max-length": self.dead_letter_max_messages,
             "x-overflow": "reject-publish",
+        }
+
+    def results_stream_arguments(self) -> dict[str, Any]:
+        """Stream queue: an append-only, replayable log of prediction events, kept by size+age."""
+        return {
+            "x-queue-type": "stream",
+            "x-max-length-bytes": self.results_stream_max_bytes,
+            "x-max-age": self.results_stream_max_age,
+            "x-stream-max-segment-size-bytes": self.results_stream_segment_bytes,
         }
 
     def declare(self, channel: BlockingChannel) -> None:
@@ -242,6 +259,36 @@ class Topology:
         channel.queue_declare(
             self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
         )
+        if self.results_stream:
+            self._declare_results_stream(channel.connection)
+
+    def _declare_results_stream(self, connection: Any) -> None:
+        """The stream bound to the predictions exchange (without it, the fanout exchange
+        confirms every event and drops it).
+
+        NOTE: on a channel of its own: a stream declared earlier with other retention is
+        refused (PRECONDITION_FAILED closes the channel); that must not stop anyone serving.
+        Retention cannot change in place: the stream keeps its own, with a warning (change it
+        with a RabbitMQ policy: max-age, max-length-bytes, stream-max-segment-size-bytes).
+        """
+        stream = connection.channel()
+        try:
+            stream.queue_declare(
+                self.results_stream, durable=True, arguments=self.results_stream_arguments()
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            log.warning(
+                "results stream %s exists with other retention (%s); keeping it: change "
+                "retention with a policy (max-age, max-length-bytes), or use a new stream name",
+                self.results_stream,
+                exc.reply_text,
+            )
+            stream = connection.channel()
+            stream.queue_declare(self.results_stream, passive=True)
+        stream.queue_bind(self.results_stream, self.predictions_exchange)
+        stream.close()
 
 
 # Requests-queue arguments added after the first release: a queue declared without them
@@ -264,6 +311,7 @@ def isolated_names(prefix: str) -> dict[str, str]:
         "dead_letter_exchange": f"{prefix}.dead",
         "dead_letter_queue": f"{prefix}.dead",
         "predictions_exchange": f"{prefix}.predictions",
+        "results_stream": f"{prefix}.results",
     }
 
 
@@ -313,7 +361,12 @@ def delete_topology(settings: Settings) -> None:
         return
     try:
         retry = retry_queue_name(settings.requests_queue, settings.retry_delay_ms)
-        for queue in (settings.requests_queue, settings.dead_letter_queue, retry):
+        for queue in (
+            settings.requests_queue,
+            settings.dead_letter_queue,
+            retry,
+            settings.results_stream,
+        ):
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.channel().queue_delete(queue)
         for exchange in (

@@ -120,6 +120,12 @@ REJECTED = [
         "consumer.prefetch x consumer.maxBodyBytes",
         id="memory-limit-too-small-for-the-prefetch",
     ),
+    pytest.param(
+        ("resultsStream.segmentBytes=2000000000",),
+        "must be below resultsStream.maxBytes",
+        id="results-stream-segment-above-retention",
+    ),
+    pytest.param(("resultsStream.maxAge=7days",), "maxAge", id="schema-results-stream-max-age"),
 ]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pika
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from creditstream.consumer import Consumer
 from creditstream.metrics import ConsumerMetrics, HealthState
@@ -109,6 +110,13 @@ def test_channel_closed_by_the_broker_after_the_commit_reconnects_instead_of_cra
 ) -> None:
     settings = make_settings(reconnect_max_s=0.5)
     with _Running(settings) as running:
+        # NOTE: dead letters normally go through the outbox (the relay re-declares a missing
+        # exchange); when the database cannot take them they are published on the consumer's
+        # own connection, which is what this test breaks.
+        def refuse(_events: object) -> None:
+            raise OperationalError("INSERT", None, ConnectionError("outbox unavailable"))
+
+        running.store.enqueue = refuse  # type: ignore[method-assign]
         # The dead-letter exchange is gone: publishing the dead letter (after the good record
         # of the same message was committed) closes the channel with 404 NOT_FOUND.
         _admin(lambda ch: ch.exchange_delete(settings.dead_letter_exchange))

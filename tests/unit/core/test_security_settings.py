@@ -54,3 +54,19 @@ def test_a_reply_prefix_of_its_own_is_accepted() -> None:
         "replies.",
         "app2.replies.",
     ]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"results_stream": "app.results"}, id="results-stream"),
+        pytest.param({"requests_queue": "app.req", "reply_to_prefixes": "app.req."}, id="retry"),
+    ],
+)
+def test_a_reply_prefix_admitting_the_results_stream_or_the_retry_queue_is_refused(
+    overrides: dict[str, str],
+) -> None:
+    # NOTE: replies landing in the results stream would be read as prediction events; in the
+    # retry queue, they would come back as requests (review-security #13 residual).
+    with pytest.raises(ValidationError, match="reply_to_prefixes"):
+        Settings(**{"reply_to_prefixes": "app.", **overrides})
