@@ -196,7 +196,11 @@ class ConfirmingPublisher:
                 return self._finish_report(started, "SIGTERM")
             progress_before = self.report.records
             self._connection = pika.SelectConnection(
-                connection_parameters(self.settings, name="creditstream-producer"),
+                # NOTE: one node per connection (SelectConnection takes one parameter set):
+                # after each lost connection the producer moves on to the next node.
+                connection_parameters(
+                    self.settings, name="creditstream-producer", index=self.report.reconnects
+                ),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_connection_failed,
                 on_close_callback=self._on_connection_closed,

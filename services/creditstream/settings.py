@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     # --- broker -----------------------------------------------------------------------------
     amqp_url: SecretStr = Field(
         SecretStr("amqp://guest:guest@localhost:5672/"),
-        description="AMQP URL of RabbitMQ (amqps:// for TLS). Secret: never logged.",
+        description="AMQP URL of RabbitMQ (amqps:// for TLS), or a comma-separated list of "
+        "them, one per cluster node: clients connect to one and fail over to the others. "
+        "Secret: never logged.",
     )
     management_url: SecretStr | None = Field(
         None,
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
         description="Quorum-queue x-delivery-limit: deliveries returned (nack, consumer crash) "
         "before the broker dead-letters a message. Changing it on an existing queue needs a "
         "policy.",
+    )
+    quorum_initial_group_size: int | None = Field(
+        None,
+        ge=1,
+        description="x-quorum-initial-group-size of the quorum queues: members (nodes) each "
+        "queue gets when declared (None: every cluster node, RabbitMQ's default). Changing it "
+        "on an existing queue needs a new queue.",
     )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
@@ -195,19 +204,15 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        userinfo = _check_url(url, {"amqp", "amqps"})
-        if userinfo and ":" not in userinfo:
-            raise ValueError("names a user without a password (amqp://user:password@host/)")
-        import pika
-
-        try:
-            pika.URLParameters(url)
-        except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
-            from creditstream.redaction import Redactor, secrets_in_url
-
-            detail = Redactor(secrets_in_url(url))(f"{type(exc).__name__}: {exc}")
-            raise ValueError(f"pika cannot use it ({detail})") from None
+        urls = split_amqp_urls(value.get_secret_value())
+        if not urls or any(not url for url in urls):
+            raise ValueError("an empty URL in the list (amqp://host1/,amqp://host2/)")
+        for position, url in enumerate(urls, 1):
+            where = f"URL {position} of {len(urls)}: " if len(urls) > 1 else ""
+            try:
+                _check_amqp(url)
+            except ValueError as exc:
+                raise ValueError(f"{where}{exc}") from None
         return value
 
     @field_validator("management_url")
@@ -225,6 +230,11 @@ class Settings(BaseSettings):
             for name, info in cls.model_fields.items()
             if SecretStr in (info.annotation, *get_args(info.annotation))
         ]
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The AMQP URLs (secrets revealed), one per broker node, in the given order."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
 
     @property
     def http_hosts(self) -> list[str]:
@@ -248,6 +258,31 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"CREDITSTREAM_{name.upper()}"] = str(value)
         return env
+
+
+def split_amqp_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated AMQP URL list, stripped (an empty entry stays empty).
+
+    NOTE: a comma cannot occur unescaped in a valid AMQP URL's user, password, host or vhost
+    (they are percent-encoded), so the comma is an unambiguous separator.
+    """
+    return [url.strip() for url in value.split(",")]
+
+
+def _check_amqp(url: str) -> None:
+    """Refuse one AMQP URL pika cannot use (without quoting it)."""
+    userinfo = _check_url(url, {"amqp", "amqps"})
+    if userinfo and ":" not in userinfo:
+        raise ValueError("names a user without a password (amqp://user:password@host/)")
+    import pika
+
+    try:
+        pika.URLParameters(url)
+    except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
+        from creditstream.redaction import Redactor, secrets_in_url
+
+        detail = Redactor(secrets_in_url(url))(f"{type(exc).__name__}: {exc}")
+        raise ValueError(f"pika cannot use it ({detail})") from None
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*", re.IGNORECASE)

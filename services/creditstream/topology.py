@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pika
 import pika.exceptions
 
-from creditstream.broker import connection_parameters
+from creditstream.broker import connection_parameters_list
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
@@ -47,6 +47,7 @@ class Topology:
     dead_letter_queue: str
     predictions_exchange: str
     delivery_limit: int
+    initial_group_size: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -58,6 +59,7 @@ class Topology:
             dead_letter_queue=settings.dead_letter_queue,
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
+            initial_group_size=settings.quorum_initial_group_size,
         )
 
     def requests_queue_arguments(self) -> dict[str, Any]:
@@ -72,7 +74,14 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.dead_letter_queue,
+            **self._replication_arguments(),
         }
+
+    def _replication_arguments(self) -> dict[str, Any]:
+        """Members of each quorum queue (unset: every node of the cluster)."""
+        if self.initial_group_size is None:
+            return {}
+        return {"x-quorum-initial-group-size": self.initial_group_size}
 
     def declare(self, channel: BlockingChannel) -> None:
         """Declare every exchange, queue and binding; safe to repeat (same arguments)."""
@@ -94,7 +103,9 @@ class Topology:
         channel.exchange_declare(self.dead_letter_exchange, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.predictions_exchange, exchange_type="fanout", durable=True)
         channel.queue_declare(
-            self.dead_letter_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            self.dead_letter_queue,
+            durable=True,
+            arguments={"x-queue-type": "quorum", **self._replication_arguments()},
         )
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
         channel.queue_declare(
@@ -139,7 +150,9 @@ def refuse_shared_names(settings: Settings, doing: str) -> None:
 
 def declare_topology(settings: Settings) -> None:
     """Declare the settings' exchanges and queues on a short-lived connection."""
-    connection = pika.BlockingConnection(connection_parameters(settings, name="creditstream-setup"))
+    connection = pika.BlockingConnection(
+        connection_parameters_list(settings, name="creditstream-setup")
+    )
     try:
         Topology.from_settings(settings).declare(connection.channel())
     finally:
@@ -155,7 +168,7 @@ def delete_topology(settings: Settings) -> None:
     refuse_shared_names(settings, "delete")
     try:
         connection = pika.BlockingConnection(
-            connection_parameters(settings, name="creditstream-teardown")
+            connection_parameters_list(settings, name="creditstream-teardown")
         )
     except pika.exceptions.AMQPError as exc:
         log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)
