@@ -46,8 +46,9 @@ class Settings(BaseSettings):
     )
     management_url: SecretStr | None = Field(
         None,
-        description="RabbitMQ management API base URL (http://user:pass@host:15672); used to "
-        "count ready + unacked messages. Derived from amqp_url when unset.",
+        description="RabbitMQ management API base URL (http://user:pass@host:15672), or a "
+        "comma-separated list (one per cluster node, tried in turn); used to count ready + "
+        "unacked messages. Derived from amqp_url (each URL, port 15672) when unset.",
     )
     requests_exchange: str = Field(
         "creditstream.requests", description="Exchange producers publish to."
@@ -219,7 +220,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_management_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _check_url(value.get_secret_value(), {"http", "https"})
+            urls = split_amqp_urls(value.get_secret_value())
+            for position, url in enumerate(urls, 1):
+                where = f"URL {position} of {len(urls)}: " if len(urls) > 1 else ""
+                try:
+                    if not url:
+                        raise ValueError("an empty URL in the list")
+                    _check_url(url, {"http", "https"})
+                except ValueError as exc:
+                    raise ValueError(f"{where}{exc}") from None
         return value
 
     @classmethod
@@ -235,6 +244,15 @@ class Settings(BaseSettings):
     def amqp_urls(self) -> list[str]:
         """The AMQP URLs (secrets revealed), one per broker node, in the given order."""
         return split_amqp_urls(self.amqp_url.get_secret_value())
+
+    @property
+    def management_urls(self) -> list[str]:
+        """Management API URLs (secrets revealed): the given list, or one per AMQP URL."""
+        if self.management_url is not None:
+            return split_amqp_urls(self.management_url.get_secret_value())
+        from creditstream.autoscale.queue_depth import management_url_from_amqp
+
+        return [management_url_from_amqp(url) for url in self.amqp_urls]
 
     @property
     def http_hosts(self) -> list[str]:
