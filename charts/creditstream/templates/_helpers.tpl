@@ -122,6 +122,44 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
+{{/* True ("true") when the broker runs as a cluster of several nodes. */}}
+{{- define "creditstream.rabbitmq.clustered" -}}
+{{- if gt (int .Values.rabbitmq.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The broker pods' own ServiceAccount: a cluster with peer-discovery RBAC only. */}}
+{{- define "creditstream.rabbitmq.peerDiscoveryRbac" -}}
+{{- if and (include "creditstream.rabbitmq.clustered" .) .Values.rabbitmq.peerDiscovery.rbac -}}true{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.rabbitmq.serviceAccountName" -}}
+{{- if include "creditstream.rabbitmq.peerDiscoveryRbac" . -}}
+{{- include "creditstream.rabbitmq.fullname" . -}}
+{{- else -}}
+{{- include "creditstream.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.rabbitmq.cookieSecretName" -}}
+{{- default (printf "%s-erlang-cookie" (include "creditstream.rabbitmq.fullname" .)) .Values.rabbitmq.erlangCookie.existingSecret -}}
+{{- end -}}
+
+{{/* The Erlang cookie: the one already in the cluster's Secret, else a new random one. */}}
+{{- define "creditstream.rabbitmq.erlangCookie" -}}
+{{- $key := .Values.rabbitmq.erlangCookie.secretKey -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "creditstream.rabbitmq.cookieSecretName" .) -}}
+{{- if and $existing (index ($existing.data | default dict) $key) -}}
+{{- index $existing.data $key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Node FQDN suffix: pods named <statefulset>-N resolve through the headless Service. */}}
+{{- define "creditstream.rabbitmq.nodeDomain" -}}
+{{- printf "%s.%s.svc.%s" (include "creditstream.rabbitmq.headless" .) .Release.Namespace .Values.rabbitmq.clusterDomain -}}
+{{- end -}}
+
 {{/*
 Bytes of a Kubernetes memory quantity, as apimachinery's resource.Quantity reads it: plain bytes
 (1073741824), binary (Ki Mi Gi Ti Pi Ei), decimal (k M G T P E; `1E` is an exabyte) with an
