@@ -25,6 +25,12 @@ def _faults(run: dict[str, Any]) -> str:
             f"reconnects: producer {run['producer_reconnects']}, consumers "
             f"{', '.join(str(int(r)) for r in run['consumer_reconnects'])}"
         )
+    if test.startswith("cluster-"):
+        return (
+            f"{run['nodes']}-node cluster: {run['faults']}; reconnects: producer "
+            f"{run['producer_reconnects']}, consumers "
+            f"{', '.join(str(int(r)) for r in run['consumer_reconnects'])}"
+        )
     if test == "database-outage":
         return (
             f"database refused connections for {run['outage_seconds']} s "
