@@ -304,8 +304,8 @@ def test_disk_alarm_on_one_node_blocks_publishers_while_consumers_drain(
         wait_until(lambda: "connection.blocked" in s.producer_log(), timeout=30, message="blocked")
         time.sleep(6)  # NOTE: queue statistics are up to 5 s old (collect_statistics_interval)
         published_at_alarm = _published(s)
-        _start_consumers(s)
         rows_at_alarm = count_rows(s.settings)
+        _start_consumers(s)
         hold_s = 10.0
         time.sleep(hold_s)
         published_under_alarm = _published(s) - published_at_alarm
