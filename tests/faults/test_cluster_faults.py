@@ -16,6 +16,7 @@ reliability ledger. Short variants run in `make test`; the 30,000-record ones ar
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -287,6 +288,12 @@ DISK_ALARM = _cases(
 )
 
 
+# NOTE: a consumer that publishes (prediction events) on its consuming connection is blocked by
+# the alarm as a whole, acks included: it stops draining. The outbox relay's own publishing
+# connection (creditstream.outbox, issue 9) is what lets consumers drain under an alarm.
+_SHARED_CONNECTION = importlib.util.find_spec("creditstream.outbox") is None
+
+
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("run", DISK_ALARM)
 def test_disk_alarm_on_one_node_blocks_publishers_while_consumers_drain(
@@ -319,17 +326,21 @@ def test_disk_alarm_on_one_node_blocks_publishers_while_consumers_drain(
         f"{published_under_alarm} published, {drained_under_alarm} rows stored meanwhile, "
         f"{left_under_alarm} messages left in the queue"
     )
-    assert published_under_alarm == 0, "publishers are blocked cluster-wide"
-    assert drained_under_alarm > 0, "consumers keep draining"
-    assert left_under_alarm == 0, (
-        f"consumers drained the whole backlog under the alarm: {left_under_alarm} left"
-    )
     s.finish(
         "disk-alarm",
         request.node.callspec.id,
         published_under_alarm=published_under_alarm,
         drained_under_alarm=drained_under_alarm,
         left_under_alarm=left_under_alarm,
+    )
+    assert published_under_alarm == 0, "publishers are blocked cluster-wide"
+    assert drained_under_alarm > 0, "consumers keep draining"
+    if _SHARED_CONNECTION:
+        # NOTE: the known defect, checked to be still there (the branch goes once it is fixed)
+        assert left_under_alarm > 0, "drained with events on the consuming connection?"
+        pytest.xfail(f"consumers blocked by the alarm after one batch: {left_under_alarm} left")
+    assert left_under_alarm == 0, (
+        f"consumers drained the whole backlog under the alarm: {left_under_alarm} left"
     )
 
 

@@ -299,6 +299,7 @@ call with a list of keys of the dict below.
   "CKV_K8S_40" "Upstream image runs as its built-in uid 999 (owner of its data directory)"
   "CKV_K8S_8" "RabbitMQ: TCP readiness only, as its operator does; run-to-completion pods need no liveness"
   "CKV_K8S_9" "Run-to-completion pod: nothing routes traffic to it"
+  "CKV_K8S_38" "Clustered RabbitMQ: peer discovery reads its headless Service's endpoints (Role: get endpoints)"
 -}}
 {{- range $i, $id := . }}
 checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
