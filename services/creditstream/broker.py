@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -36,7 +37,14 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     pika.exceptions.ConnectionWrongStateError,
     ConnectionError,
     OSError,
+    # NOTE: what pika raises for a node that accepts TCP but never answers AMQP (a paused or
+    # overloaded node: AMQPConnectorStackTimeout), or a handshake cut short; not an
+    # AMQPConnectionError, so it must be named to be retried.
+    AMQPConnectorException,
 )
+
+# Seconds one node gets to complete TCP + TLS + AMQP handshake before the next one is tried.
+CONNECT_TIMEOUT_S = 5.0
 
 
 class ConnectInterrupted(Exception):
@@ -66,6 +74,10 @@ def _parameters(settings: Settings, url: str, *, name: str) -> pika.URLParameter
     # NOTE: a list is tried in order within one attempt; pika's pause between its entries
     # (retry_delay, 2 s by default) would delay failing over to a live node.
     params.retry_delay = 0.1
+    # NOTE: pika's defaults (10 s socket, 15 s stack) would hold a client for 15 s on a paused
+    # node before it tries a live one.
+    params.socket_timeout = CONNECT_TIMEOUT_S
+    params.stack_timeout = CONNECT_TIMEOUT_S
     # NOTE: the queue name in the connection name lets operators (and fault tests) find and
     # close exactly one deployment's connections in `rabbitmqctl list_connections`.
     params.client_properties = {
@@ -102,11 +114,6 @@ def rotated(items: Sequence[T], start: int) -> list[T]:
     return [*items[start:], *items[:start]]
 
 
-def _peer(connection: pika.BlockingConnection, tried: list[pika.URLParameters]) -> tuple[str, int]:
-    params = getattr(getattr(connection, "_impl", None), "params", None) or tried[0]
-    return str(params.host), int(params.port)
-
-
 def connect(
     settings: Settings,
     *,
@@ -116,11 +123,12 @@ def connect(
 ) -> pika.BlockingConnection:
     """A BlockingConnection, retried with jittered exponential backoff up to `wait_s` seconds.
 
-    With several AMQP URLs (a cluster), one attempt tries every node in turn; attempts start
-    at a random node and then move on by one, so clients spread over the nodes and a dead
-    node is not always tried first. `wait_s=None` uses settings.broker_wait_s; 0 means one
-    attempt. Setting `stop` ends the wait within a fraction of a second (an attempt in
-    progress finishes first) by raising ConnectInterrupted.
+    With several AMQP URLs (a cluster), one attempt tries every node in turn, each for at
+    most CONNECT_TIMEOUT_S; attempts start at a random node and then move on by one, so
+    clients spread over the nodes and a dead node is not always tried first. `wait_s=None`
+    uses settings.broker_wait_s; 0 means one attempt. Setting `stop` ends the wait by raising
+    ConnectInterrupted: at once between nodes and backoff sleeps, after at most
+    CONNECT_TIMEOUT_S when a node's handshake is in progress.
     """
     params = connection_parameters_list(settings, name=name)
     start = random.randrange(len(params))  # NOTE: spreads clients over the nodes
@@ -134,10 +142,22 @@ def connect(
             raise ConnectInterrupted(f"stopped while connecting to the broker ({name})")
         order = rotated(params, start + attempts)
         attempts += 1
-        connection = pika.BlockingConnection(order if len(order) > 1 else order[0])
-        if len(order) > 1:
-            log.info("connected to the broker at %s:%s", *_peer(connection, order))
-        return connection
+        failure: BaseException | None = None
+        for node in order:
+            if stop.is_set():
+                raise ConnectInterrupted(f"stopped while connecting to the broker ({name})")
+            try:
+                connection = pika.BlockingConnection(node)
+            except BROKER_DOWN_ERRORS as exc:
+                failure = exc
+                if len(order) > 1:
+                    log.info("broker node %s:%s unreachable: %r", node.host, node.port, exc)
+                continue
+            if len(order) > 1:
+                log.info("connected to the broker at %s:%s", node.host, node.port)
+            return connection
+        assert failure is not None
+        raise failure
 
     if budget == 0:
         return attempt_once()

@@ -7,17 +7,18 @@ which must come out of it untouched.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pika
 import pytest
 
 from creditstream.autoscale.queue_depth import depth_reader_for
-from creditstream.broker import ConnectInterrupted, connect
+from creditstream.broker import CONNECT_TIMEOUT_S, ConnectInterrupted, connect
 from creditstream.harness import broker_vhost
 from creditstream.harness.broker_cluster import BrokerCluster, rabbitmq_server_missing
 from creditstream.settings import REPO_ROOT, Settings
@@ -153,3 +154,34 @@ def test_machine_broker_alone_still_works_as_a_list_of_one(
     make_settings: Callable[..., Settings],
 ) -> None:
     connect(make_settings(amqp_url=AMQP_URL), name="cluster-test", wait_s=0).close()
+
+
+@pytest.fixture
+def hung_node() -> Iterator[str]:
+    """An AMQP URL whose 'node' accepts TCP and never answers (a paused node looks like this)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # NOTE: never accepted: the kernel completes the handshake anyway
+        yield f"amqp://guest:guest@127.0.0.1:{listener.getsockname()[1]}/"
+
+
+def test_a_hung_node_costs_one_connect_timeout_then_the_next_node_is_used(
+    make_settings: Callable[..., Settings], hung_node: str
+) -> None:
+    settings = make_settings(amqp_url=f"{hung_node},{AMQP_URL}")
+    for _ in range(3):  # whichever node the random start picks
+        started = time.monotonic()
+        connect(settings, name="cluster-test", wait_s=0).close()
+        assert time.monotonic() - started < CONNECT_TIMEOUT_S + 3
+
+
+def test_a_hung_node_is_retried_and_stop_still_interrupts(
+    make_settings: Callable[..., Settings], hung_node: str
+) -> None:
+    settings = make_settings(amqp_url=f"{hung_node},{hung_node}", reconnect_max_s=1)
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(ConnectInterrupted):
+        connect(settings, name="cluster-test", wait_s=60, stop=stop)
+    assert time.monotonic() - started < 1.0 + CONNECT_TIMEOUT_S + 2
