@@ -175,6 +175,11 @@ def test_one_replica_is_a_single_node_without_rbac_or_token(
             id="group-bigger-than-cluster",
         ),
         pytest.param(("rabbitmq.podAntiAffinity=sometimes",), "podAntiAffinity", id="enum"),
+        pytest.param(
+            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=2"),
+            "quorumInitialGroupSize=2",
+            id="even-group",
+        ),
     ],
 )
 def test_cluster_values_that_cannot_work_are_refused(
@@ -185,10 +190,24 @@ def test_cluster_values_that_cannot_work_are_refused(
     assert says in result.stderr, result.stderr
 
 
-def test_five_replicas_may_lose_two(helm: Path) -> None:
-    docs = parse_docs(helm_template(helm, sets=("rabbitmq.replicas=5",)).stdout)
+@pytest.mark.parametrize(
+    ("sets", "away"),
+    [
+        pytest.param(("rabbitmq.replicas=5",), 2, id="5-nodes"),
+        pytest.param(
+            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=3"), 1, id="5-nodes-3-members"
+        ),
+        pytest.param(
+            ("rabbitmq.replicas=3", "rabbitmq.quorumInitialGroupSize=1"), 1, id="1-member"
+        ),
+    ],
+)
+def test_pdb_keeps_a_majority_of_every_queues_members(
+    helm: Path, sets: tuple[str, ...], away: int
+) -> None:
+    docs = parse_docs(helm_template(helm, sets=sets).stdout)
     pdb = next(p for p in by_kind(docs, "PodDisruptionBudget") if p["metadata"]["name"] == BROKER)
-    assert pdb["spec"]["maxUnavailable"] == 2
+    assert pdb["spec"]["maxUnavailable"] == away
 
 
 def test_values_examples_name_their_replicas() -> None:

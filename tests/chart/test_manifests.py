@@ -328,7 +328,14 @@ def test_security_defaults_on_every_pod(rendered_docs: dict[str, Docs]) -> None:
                 continue
             spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
             where = f"{case_id}: {doc['kind']} {doc['metadata']['name']}"
-            assert spec["automountServiceAccountToken"] is False, where
+            # NOTE: the one exception: a clustered broker's own account, for peer discovery
+            # (test_broker_cluster_chart.py checks it is the only one, with a get-endpoints Role)
+            clustered_broker = (
+                doc["kind"] == "StatefulSet"
+                and doc["metadata"]["name"].endswith("-rabbitmq")
+                and doc["spec"]["replicas"] > 1
+            )
+            assert spec["automountServiceAccountToken"] is (clustered_broker), where
             assert spec["securityContext"]["runAsNonRoot"] is True, where
             assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
             for container in spec["containers"] + spec.get("initContainers", []):
