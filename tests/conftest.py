@@ -125,12 +125,23 @@ def broker_cluster() -> Iterator[BrokerCluster]:
     if rabbitmq_server_missing():
         pytest.skip("rabbitmq-server is not installed: the cluster tests start its nodes")
     cluster = BrokerCluster(net_ticktime_s=CLUSTER_NET_TICKTIME_S)
+    refuse_a_foreign_cluster(cluster)
     try:
         cluster.up()
         yield cluster
     finally:
         cluster.down()
         assert not cluster.leftovers(), cluster.leftovers()
+
+
+def refuse_a_foreign_cluster(cluster: BrokerCluster) -> None:
+    """Fail when a local cluster runs already (`make broker-cluster-up`, another test run):
+    the tests would kill, pause and finally remove nodes that are not theirs."""
+    if cluster.leftovers():
+        pytest.fail(
+            f"a local RabbitMQ cluster is running already ({cluster.leftovers()}); the cluster "
+            "tests start their own: `make broker-cluster-down` first"
+        )
 
 
 def cluster_ready(cluster: BrokerCluster) -> None:

@@ -208,6 +208,13 @@ class Settings(BaseSettings):
         urls = split_amqp_urls(value.get_secret_value())
         if not urls or any(not url for url in urls):
             raise ValueError("an empty URL in the list (amqp://host1/,amqp://host2/)")
+        # NOTE: a raw comma in a password or vhost splits a URL in two; say so before pika
+        # quotes a piece of the password in its error.
+        if len(urls) > 1 and not all(re.match(r"[a-z][a-z0-9+.-]*://", url, re.I) for url in urls):
+            raise ValueError(
+                "a comma-separated list of amqp:// URLs, one per node; a comma inside a "
+                "password or vhost must be percent-encoded (%2C)"
+            )
         for position, url in enumerate(urls, 1):
             where = f"URL {position} of {len(urls)}: " if len(urls) > 1 else ""
             try:

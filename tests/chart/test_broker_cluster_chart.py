@@ -71,7 +71,7 @@ def test_three_replicas_render_a_cluster_that_would_form(
     domain = f"{headless}.{NAMESPACE}.svc.cluster.local"
     assert conf["cluster_formation.k8s.hostname_suffix"] == f".{domain}"
     assert conf["cluster_formation.k8s.address_type"] == "hostname"
-    assert conf["cluster_partition_handling"] == "pause_minority"
+    assert conf["cluster_partition_handling"] == "autoheal"
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["RABBITMQ_USE_LONGNAME"]["value"] == "true"
     assert env["RABBITMQ_NODENAME"]["value"] == f"rabbit@$(MY_POD_NAME).{domain}"

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from creditstream.harness.broker_cluster import BrokerCluster, ClusterNode
 from creditstream.harness.processes import Process
 from creditstream.settings import Settings
+from creditstream.topology import declare_topology
 from tests.conftest import CLUSTER_NET_TICKTIME_S, cluster_ready
 from tests.faults.conftest import Workload, verdict
 from tests.faults.fleet import Fleet
@@ -67,9 +69,17 @@ class Stream:
     producer: Process | None = None
     started: float = field(default_factory=time.monotonic)
     faults: list[str] = field(default_factory=list)
+    producer_reconnects: int = 0
+    consumer_reconnects: list[int] = field(default_factory=list)
 
-    def start_producer(self) -> None:
-        """Start the paced producer."""
+    def start_producer(self, first: ClusterNode | None = None) -> None:
+        """Start the paced producer; connected to `first` (the node a fault will hit) first."""
+        settings = self.settings
+        if first is not None:
+            urls = [first.amqp_url()] + [
+                n.amqp_url() for n in self.cluster.nodes if n.nodename != first.nodename
+            ]
+            settings = settings.model_copy(update={"amqp_url": SecretStr(",".join(urls))})
         self.started = time.monotonic()
         self.producer = self.processes.start(
             [
@@ -79,7 +89,7 @@ class Stream:
                 str(self.run.rate),
                 "--no-progress",
             ],
-            self.settings,
+            settings,
             "producer",
         )
 
@@ -100,6 +110,12 @@ class Stream:
         """The node leading the requests queue now."""
         return self.cluster.queue_leader("/", self.settings.requests_queue)
 
+    def declare_and_find_leader(self) -> ClusterNode:
+        """Declare the topology (the requests queue gets its leader) and name the leader."""
+        declare_topology(self.settings)
+        wait_until(lambda: _leader_or_none(self) is not None, timeout=30, message="a leader")
+        return self.leader()
+
     def finish(self, name: str, variant: str, **figures: Any) -> None:
         """Wait for the producer and every row, stop the consumers, record and check."""
         assert self.producer is not None
@@ -114,6 +130,10 @@ class Stream:
         match = _SUMMARY.search(self.producer_log())
         assert match, self.producer_log()[-2000:]
         result = verdict(self.settings, self.run.workload)
+        self.producer_reconnects = int(match.group(2) or 0)
+        self.consumer_reconnects = [
+            int(m.last["creditstream_broker_reconnects_total"]) for m in self.fleet.members
+        ]
         record_run(
             f"cluster-{name}",
             variant,
@@ -187,10 +207,11 @@ def test_sigkill_of_the_queue_leader(
     run: ClusterRun, stream: Callable[[ClusterRun], Stream], request: pytest.FixtureRequest
 ) -> None:
     s = stream(run)
+    leader = s.declare_and_find_leader()
     _start_consumers(s)
-    s.start_producer()
+    s.start_producer(first=leader)
     s.at_fraction(0.3)
-    leader = s.leader()
+    assert s.leader() == leader
     rows_before = count_rows(s.settings)
     s.cluster.kill_node(leader)
     s.faults.append(f"SIGKILL {leader.nodename} (leader) at {rows_before} rows")
@@ -202,6 +223,7 @@ def test_sigkill_of_the_queue_leader(
     s.cluster.await_node(leader)
     s.faults.append(f"{leader.nodename} restarted; new leader {new_leader.nodename}")
     s.finish("leader-kill", request.node.callspec.id)
+    assert s.producer_reconnects >= 1, "the producer, on the killed node, reconnected elsewhere"
 
 
 def _leader_or_none(s: Stream) -> ClusterNode | None:
@@ -213,7 +235,7 @@ def _leader_or_none(s: Stream) -> ClusterNode | None:
 
 RESTARTS = _cases(
     ClusterRun(Workload(4_000, real_data=False), rate=30),
-    ClusterRun(Workload(30_000, real_data=True), rate=200),
+    ClusterRun(Workload(30_000, real_data=True), rate=100),
 )
 
 
@@ -240,6 +262,11 @@ def test_follower_restart_then_rolling_restart(
         s.cluster.await_cluster(180)
     s.faults.append("rolling restart a, b, c")
     s.finish("restarts", request.node.callspec.id)
+    assert s.producer_reconnects >= 1 and min(s.consumer_reconnects) >= 1, (
+        "every node restarted: every client lost its node and reconnected",
+        s.producer_reconnects,
+        s.consumer_reconnects,
+    )
 
 
 PAUSE = _cases(
@@ -254,10 +281,11 @@ def test_leader_paused_longer_than_net_ticktime(
     run: ClusterRun, stream: Callable[[ClusterRun], Stream], request: pytest.FixtureRequest
 ) -> None:
     s = stream(run)
+    leader = s.declare_and_find_leader()
     _start_consumers(s)
-    s.start_producer()
+    s.start_producer(first=leader)
     s.at_fraction(0.2)
-    leader = s.leader()
+    assert s.leader() == leader
     paused_s = 2.5 * CLUSTER_NET_TICKTIME_S
     s.cluster.pause_node(leader)
     paused_at = time.monotonic()
@@ -280,6 +308,7 @@ def test_leader_paused_longer_than_net_ticktime(
     )
     s.cluster.await_cluster(240)
     s.finish("pause", request.node.callspec.id, paused_s=paused_s)
+    assert s.producer_reconnects >= 1, "the producer, on the paused node, went to another"
 
 
 DISK_ALARM = _cases(

@@ -23,6 +23,7 @@ from creditstream.harness import broker_vhost
 from creditstream.harness.broker_cluster import BrokerCluster, rabbitmq_server_missing
 from creditstream.settings import REPO_ROOT, Settings
 from creditstream.topology import declare_topology
+from tests.conftest import refuse_a_foreign_cluster
 from tests.helpers import AMQP_URL, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -54,6 +55,7 @@ def test_make_targets_start_a_three_node_cluster_and_stop_it_without_leftovers()
     if rabbitmq_server_missing():
         pytest.skip("rabbitmq-server is not installed")
     cluster = BrokerCluster()
+    refuse_a_foreign_cluster(cluster)
     machine_before = _machine_broker_nodes()
     try:
         up = _make("broker-cluster-up")

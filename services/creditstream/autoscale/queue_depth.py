@@ -91,14 +91,25 @@ def parse_management_queue(payload: Mapping[str, Any]) -> QueueDepth:
     )
 
 
-def management_url_from_amqp(amqp_url: str, port: int = DEFAULT_MANAGEMENT_PORT) -> str:
-    """http://user:pass@host:15672/vhost derived from an AMQP URL (same credentials and vhost)."""
+def management_url_from_amqp(amqp_url: str, port: int | None = None) -> str:
+    """http://user:pass@host:PORT/vhost derived from an AMQP URL (same credentials and vhost).
+
+    PORT is 15672 for the standard AMQP ports (5672, 5671) and AMQP port + 10000 otherwise:
+    several nodes on one host (`make broker-cluster-up`: 5673 -> 15673) each have their own.
+    """
     parts = urllib.parse.urlsplit(amqp_url)
     scheme = "https" if parts.scheme == "amqps" else "http"
     # NOTE: urlsplit leaves %-escapes in place; unquote first so they are not escaped twice.
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     host = parts.hostname or "localhost"
+    if port is None:
+        amqp_port = parts.port
+        port = (
+            amqp_port + 10_000
+            if amqp_port and amqp_port not in (5671, 5672)
+            else DEFAULT_MANAGEMENT_PORT
+        )
     credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
     netloc = f"{credentials}@{host}:{port}"
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", "", ""))

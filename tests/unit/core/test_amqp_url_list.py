@@ -71,3 +71,22 @@ def test_connection_parameters_one_per_url_with_the_shared_options() -> None:
         "c",
         "a",
     ]
+
+
+def test_a_raw_comma_in_a_password_is_refused_without_quoting_it() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(amqp_url="amqp://u:pa5s,w0rd9@h/")  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert "%2C" in message
+    for piece in ("pa5s", "w0rd9"):
+        assert piece not in message
+
+
+def test_management_urls_derived_per_node_of_the_local_cluster() -> None:
+    settings = Settings(
+        amqp_url="amqp://guest:guest@localhost:5673/,amqp://guest:guest@localhost:5674/"  # type: ignore[arg-type]
+    )
+    assert settings.management_urls == [
+        "http://guest:guest@localhost:15673/",
+        "http://guest:guest@localhost:15674/",
+    ]

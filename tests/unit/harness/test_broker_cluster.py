@@ -39,7 +39,7 @@ def test_config_files_and_one_private_cookie(tmp_path: Path) -> None:
         conf = (node.directory / "rabbitmq.conf").read_text()
         assert f"listeners.tcp.local = 127.0.0.1:{node.amqp_port}" in conf
         assert f"management.tcp.port = {node.management_port}" in conf
-        assert "cluster_partition_handling = pause_minority" in conf
+        assert "cluster_partition_handling = autoheal" in conf
         assert (node.directory / "enabled_plugins").read_text() == "[rabbitmq_management].\n"
         assert "net_ticktime, 10" in (node.directory / "advanced.config").read_text()
         env = cluster._env(node)
