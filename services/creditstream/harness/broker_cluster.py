@@ -79,13 +79,13 @@ class ClusterNode:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+        # NOTE: a stale pid file may name a reused pid: trust it only when that process is
+        # this node's Erlang VM (its environment names the node).
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
             return None
-        except PermissionError:
-            return pid
-        return pid
+        return pid if f"RABBITMQ_NODENAME={self.nodename}".encode() in environ else None
 
 
 class ClusterError(RuntimeError):
@@ -134,9 +134,12 @@ class BrokerCluster:
 
     # --- processes ------------------------------------------------------------------------
     def _run_as(self) -> list[str]:
+        # NOTE: runuser sets HOME to the user's home (the machine broker's cookie): `env`
+        # puts this cluster's HOME, and with it its own cookie, back.
+        home = ["env", f"HOME={self.base_dir}"]
         if os.geteuid() == 0 and self.user != "root":
-            return ["runuser", "-u", self.user, "--"]
-        return []
+            return ["runuser", "-u", self.user, "--", *home]
+        return home
 
     def _env(self, node: ClusterNode) -> dict[str, str]:
         d = node.directory
@@ -159,6 +162,9 @@ class BrokerCluster:
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
             "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            # NOTE: Erlang distribution (code execution for whoever has the cookie) on
+            # loopback only, as the machine's broker has it; nodes and CLI alike.
+            "ERL_FLAGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
 
     def rabbitmqctl(
@@ -188,12 +194,35 @@ class BrokerCluster:
             )
         return result
 
+    def _check_base_dir(self) -> None:
+        """Refuse a base directory (or cookie) someone else planted: we chown and trust it."""
+        base = self.base_dir
+        if base.is_symlink():
+            raise ClusterError(f"{base} is a symlink: refusing to use it")
+        if not base.exists():
+            return
+        owners = {os.geteuid(), *self._owner_ids()}
+        for path in [base, *base.rglob("*")]:
+            info = path.lstat()
+            if info.st_uid not in owners or (path.is_symlink()):
+                raise ClusterError(
+                    f"{path} is not ours (owner uid {info.st_uid}, or a symlink): remove {base}"
+                )
+
+    def _owner_ids(self) -> set[int]:
+        if os.geteuid() == 0 and self.user != "root":
+            return {pwd.getpwnam(self.user).pw_uid}
+        return set()
+
     def _write_files(self) -> None:
-        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self._check_base_dir()
+        self.base_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         cookie = self.base_dir / ".erlang.cookie"
         if not cookie.exists():
-            cookie.write_text(secrets.token_hex(20).upper())
-        cookie.chmod(0o400)
+            # NOTE: created 0400 at once (no window with the umask's mode)
+            fd = os.open(cookie, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o400)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(20).upper())
         for node in self.nodes:
             d = node.directory
             for sub in ("mnesia", "log"):
@@ -226,7 +255,7 @@ class BrokerCluster:
         if os.geteuid() == 0 and self.user != "root":
             entry = pwd.getpwnam(self.user)
             for path in [self.base_dir, *self.base_dir.rglob("*")]:
-                os.chown(path, entry.pw_uid, entry.pw_gid)
+                os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
     def start_node(self, node: ClusterNode) -> None:
         """Start one node detached (its data directory is kept: a restart rejoins)."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from creditstream.harness.broker_cluster import BrokerCluster
+from creditstream.harness.broker_cluster import BrokerCluster, ClusterError
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +59,38 @@ def test_nothing_running_means_no_leftovers(tmp_path: Path) -> None:
     cluster = BrokerCluster(tmp_path, user="root", amqp_port=45673, dist_port=45683)
     assert all(node.pid() is None for node in cluster.nodes)
     assert cluster.running_nodes() == []
+
+
+def test_a_planted_symlink_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("x")
+    base = tmp_path / "cluster"
+    base.mkdir()
+    (base / "evil").symlink_to(victim)
+    with pytest.raises(ClusterError, match="not ours"):
+        BrokerCluster(base, user="root")._write_files()
+    link = tmp_path / "link"
+    link.symlink_to(base)
+    with pytest.raises(ClusterError, match="symlink"):
+        BrokerCluster(link, user="root")._write_files()
+    if os.geteuid() == 0:  # NOTE: only root can plant a file owned by someone else here
+        planted = tmp_path / "planted"
+        planted.mkdir()
+        (planted / ".erlang.cookie").write_text("KNOWN")
+        os.chown(planted / ".erlang.cookie", 65534, 65534)
+        with pytest.raises(ClusterError, match="not ours"):
+            BrokerCluster(planted, user="root")._write_files()
+
+
+def test_a_stale_pid_file_naming_another_process_is_not_the_node(tmp_path: Path) -> None:
+    cluster = BrokerCluster(tmp_path, user="root")
+    node = cluster.nodes[0]
+    node.directory.mkdir(parents=True)
+    with subprocess.Popen(["sleep", "30"]) as stranger:
+        try:
+            node.pid_file.write_text(str(stranger.pid))
+            assert node.pid() is None
+            cluster.kill_node(node)  # must not touch the stranger
+            assert stranger.poll() is None
+        finally:
+            stranger.kill()
