@@ -215,13 +215,15 @@ class ManagementFailoverReader:
         return [((self._current + i) % n, self.readers[(self._current + i) % n]) for i in range(n)]
 
     def get_json(self, path: str) -> Any:
-        """GET an API path from the first node that answers (HTTP errors are answers)."""
+        """GET an API path from the first node that answers (4xx errors are answers)."""
         last: QueueDepthError | None = None
         for index, reader in self._each():
             try:
                 answer = reader.get_json(path)
             except QueueDepthError as exc:
-                if "unreachable" not in str(exc):
+                # NOTE: a node down, or up but not serving (503 while booting or paused):
+                # ask the next; a 404 or 401 would be the same answer from every node.
+                if "unreachable" not in str(exc) and ": HTTP 5" not in str(exc):
                     raise
                 last = exc
                 continue
