@@ -77,7 +77,8 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="x-quorum-initial-group-size of the quorum queues: members (nodes) each "
-        "queue gets when declared (None: every cluster node, RabbitMQ's default). Changing it "
+        "queue gets when declared (None: RabbitMQ's default, quorum_cluster_size = 3, at most "
+        "every node). Changing it "
         "on an existing queue needs a new queue.",
     )
     tls_ca_file: Path | None = Field(

@@ -71,7 +71,9 @@ def test_three_replicas_render_a_cluster_that_would_form(
     domain = f"{headless}.{NAMESPACE}.svc.cluster.local"
     assert conf["cluster_formation.k8s.hostname_suffix"] == f".{domain}"
     assert conf["cluster_formation.k8s.address_type"] == "hostname"
-    assert conf["cluster_partition_handling"] == "autoheal"
+    assert conf["cluster_partition_handling"] == "pause_minority"
+    assert conf["quorum_queue.continuous_membership_reconciliation.enabled"] == "true"
+    assert conf["quorum_queue.continuous_membership_reconciliation.target_group_size"] == "3"
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["RABBITMQ_USE_LONGNAME"]["value"] == "true"
     assert env["RABBITMQ_NODENAME"]["value"] == f"rabbit@$(MY_POD_NAME).{domain}"
@@ -190,9 +192,14 @@ def test_one_replica_is_a_single_node_without_rbac_or_token(
             id="cluster-on-emptydir",
         ),
         pytest.param(
-            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=2"),
-            "quorumInitialGroupSize=2",
+            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=4"),
+            "quorumInitialGroupSize=4",
             id="even-group",
+        ),
+        pytest.param(
+            ("rabbitmq.replicas=3", "rabbitmq.quorumInitialGroupSize=1"),
+            "quorumInitialGroupSize=1",
+            id="unreplicated-group",
         ),
     ],
 )
@@ -207,12 +214,12 @@ def test_cluster_values_that_cannot_work_are_refused(
 @pytest.mark.parametrize(
     ("sets", "away"),
     [
-        pytest.param(("rabbitmq.replicas=5",), 2, id="5-nodes"),
+        pytest.param(("rabbitmq.replicas=5",), 1, id="5-nodes-default-3-members"),
         pytest.param(
-            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=3"), 1, id="5-nodes-3-members"
+            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=5"), 2, id="5-nodes-5-members"
         ),
         pytest.param(
-            ("rabbitmq.replicas=3", "rabbitmq.quorumInitialGroupSize=1"), 1, id="1-member"
+            ("rabbitmq.replicas=5", "rabbitmq.quorumInitialGroupSize=3"), 1, id="5-nodes-3-members"
         ),
     ],
 )

@@ -13,8 +13,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pika
+import psutil
 import pytest
 
 from creditstream.autoscale.queue_depth import depth_reader_for
@@ -70,6 +72,26 @@ def test_make_targets_start_a_three_node_cluster_and_stop_it_without_leftovers()
             nodes = cluster.management_get("/api/nodes", node)
             assert sorted(n["name"] for n in nodes if n["running"]) == running
         assert _machine_broker_nodes() == machine_before, "the machine's broker is untouched"
+        # a cookie of its own: the machine broker's CLI (its cookie) is refused by every node
+        for node in cluster.nodes:
+            pid = node.pid()
+            assert pid is not None
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"HOME={cluster.base_dir}".encode() in environ
+            foreign = subprocess.run(
+                ["rabbitmqctl", "-q", "-n", node.nodename, "status"],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            assert foreign.returncode != 0, "the machine's cookie must not open a cluster node"
+            # Erlang distribution on loopback only
+            listening = [
+                c.laddr
+                for c in psutil.Process(pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            ]
+            assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
     finally:
         down = _make("broker-cluster-down")
     assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]

@@ -140,6 +140,12 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
+{{/* Members of each quorum queue: quorumInitialGroupSize, else RabbitMQ's default
+(quorum_cluster_size, 3), at most every node. */}}
+{{- define "creditstream.rabbitmq.queueMembers" -}}
+{{- min (int .Values.rabbitmq.replicas) (int (.Values.rabbitmq.quorumInitialGroupSize | default 3)) -}}
+{{- end -}}
+
 {{- define "creditstream.rabbitmq.cookieSecretName" -}}
 {{- default (printf "%s-erlang-cookie" (include "creditstream.rabbitmq.fullname" .)) .Values.rabbitmq.erlangCookie.existingSecret -}}
 {{- end -}}
