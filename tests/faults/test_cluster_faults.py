@@ -234,7 +234,7 @@ def _leader_or_none(s: Stream) -> ClusterNode | None:
 
 
 RESTARTS = _cases(
-    ClusterRun(Workload(4_000, real_data=False), rate=30),
+    ClusterRun(Workload(3_000, real_data=False), rate=15),
     ClusterRun(Workload(30_000, real_data=True), rate=100),
 )
 
