@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,38 @@ def exit_code_within(process: Process, timeout: float) -> int | None:
         return process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+def read_results_stream(settings: Settings, idle_s: float = 1.0) -> list[dict[str, Any]]:
+    """Every prediction event in the settings' results stream, from its first offset.
+
+    Reads with plain pika (not creditstream's own follower): what any stream reader would see.
+    Stops once nothing arrived for `idle_s`; [] when the stream does not exist.
+    """
+    import json
+
+    import pika
+    import pika.exceptions
+
+    events: list[dict[str, Any]] = []
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        channel.basic_qos(prefetch_count=1000)  # NOTE: a stream consumer needs a prefetch
+        try:
+            for method, _props, body in channel.consume(
+                settings.results_stream,
+                arguments={"x-stream-offset": "first"},
+                inactivity_timeout=idle_s,
+            ):
+                if method is None:
+                    break
+                events.extend(json.loads(body))
+                channel.basic_ack(method.delivery_tag)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+    finally:
+        if connection.is_open:
+            connection.close()
+    return events

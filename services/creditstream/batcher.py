@@ -31,6 +31,9 @@ class PendingMessage:
     reply_to: str | None = None
     correlation_id: str | None = None
     redelivered: bool = False
+    body: bytes = b""
+    attempt: int = 0
+    properties: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,6 +234,108 @@ def consume(
 
 
 @app.command()
+def relay(
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
+    ] = None,
+    amqp_url_file: AmqpUrlFileOption = None,
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Publish committed prediction events from the outbox (every consumer also runs one)."""
+    from creditstream.outbox import run_relay
+
+    settings = build_settings(
+        http_port=http_port,
+        amqp_url=read_secret_file(amqp_url_file),
+        database_url=read_secret_file(database_url_file),
+    )
+    _setup_logging(settings, "relay")
+    raise typer.Exit(code=run_relay(settings))
+
+
+results_app = typer.Typer(
+    help="Read predictions back: the results stream (events) or the results store.",
+    no_args_is_help=True,
+)
+app.add_typer(results_app, name="results")
+
+
+@results_app.command("follow")
+def results_follow(
+    start: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="Where to start in the stream: first, last, next, an offset, or a time "
+            "(ISO 8601, e.g. 2026-11-30T21:00:00Z).",
+        ),
+    ] = "next",
+    limit: Annotated[
+        int | None, typer.Option(help="Exit after this many events.", min=1, show_default=False)
+    ] = None,
+    idle_exit: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-exit", help="Exit after SECONDS without an event.", min=0, show_default=False
+        ),
+    ] = None,
+    amqp_url_file: AmqpUrlFileOption = None,
+) -> None:
+    """Print prediction events from the results stream, one JSON line each."""
+    import json
+
+    from creditstream.results import FollowError, follow, parse_offset
+
+    try:
+        offset = parse_offset(start)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--from") from exc
+    settings = build_settings(amqp_url=read_secret_file(amqp_url_file))
+    _setup_logging(settings, "results")
+    try:
+        follow(
+            settings,
+            offset,
+            lambda event: typer.echo(json.dumps(event)),
+            stop=_stop_on_signals(),
+            limit=limit,
+            idle_exit_s=idle_exit,
+        )
+    except FollowError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+
+
+@results_app.command("get")
+def results_get(
+    ids: Annotated[list[str], typer.Argument(help="Request ids or record ids.")],
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Print stored predictions (the database) for request or record ids; exit 1 if any missing."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from creditstream.results import get
+
+    settings = build_settings(database_url=read_secret_file(database_url_file))
+    _setup_logging(settings, "results")
+    try:
+        rows = get(settings, ids)
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: results store: {str(exc).splitlines()[0][:200]}", err=True)
+        raise typer.Exit(code=2) from exc
+    for row in rows:
+        typer.echo(json.dumps(row))
+    found = {str(row["request_id"]) for row in rows} | {str(row["record_id"]) for row in rows}
+    missing = [i for i in ids if i not in found]
+    for i in missing:
+        typer.echo(f"not found: {i}", err=True)
+    if missing:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def predict(
     source: Annotated[str, typer.Argument(help="JSON file of record(s), or - for stdin.")] = "-",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each reply.", min=0.1)] = 30.0,

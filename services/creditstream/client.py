@@ -207,6 +207,12 @@ class PredictionClient:
             raise PredictionError("client is not connected")
         correlation_id = uuid.uuid4().hex
         body = encode_json(payload)
+        if len(body) > self.settings.max_body_bytes:
+            # NOTE: refused here, before it travels: the consumer would dead-letter it unread.
+            raise PredictionError(
+                f"request body of {len(body)} bytes is over max_body_bytes "
+                f"({self.settings.max_body_bytes}): send fewer records per request"
+            )
         future: Future[Any] = Future()
         with self._lock:
             self._pending[correlation_id] = future

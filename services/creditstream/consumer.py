@@ -1,7 +1,10 @@
 """The scoring consumer: micro-batched ONNX inference between RabbitMQ and the results store.
 
 Failure rules (tested in tests/integration and tests/faults):
-- ack only after the batch's results are committed to the store (basic_ack multiple=True);
+- ack only after the batch's results are committed to the store (basic_ack multiple=True),
+  and as soon as they are: the batch's prediction event is committed with it (outbox) and
+  published later by the relay on its own connection (creditstream/outbox.py), so a memory
+  alarm blocking publishers never holds the acks; replies go out through the relay too;
 - a bad record is dead-lettered alone with a reason; its batch-mates are still scored;
 - a scoring failure is isolated to the message(s) causing it, which are requeued so the quorum
   queue's delivery limit ends a message that keeps failing (no infinite loop);
@@ -12,6 +15,7 @@ Failure rules (tested in tests/integration and tests/faults):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -19,17 +23,48 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pika
 import pika.exceptions
 from sqlalchemy.exc import SQLAlchemyError
 
 from creditstream.batcher import MicroBatch, PendingMessage, Prediction, reply_body
-from creditstream.broker import BROKER_DOWN_ERRORS, ConnectInterrupted, connect
+from creditstream.broker import (
+    BROKER_DOWN_ERRORS,
+    ConnectInterrupted,
+    connect,
+    interruptible_sleep,
+)
 from creditstream.codec import Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
+from creditstream.outbox import OutboxRelay
+from creditstream.settlement import (
+    NOT_STORED,
+    STORE_REJECTED,
+    Ack,
+    Action,
+    BatchOutcome,
+    DeadLetter,
+    Delivery,
+    Hold,
+    Policy,
+    PublishPredictions,
+    Reply,
+    Requeue,
+    Retry,
+    Store,
+    StoreErrorKind,
+    StoreResult,
+    bisect_refused,
+    refused_by_delivery,
+    settle,
+)
+from creditstream.store import OutboxEvent, classify_store_error, store_error_detail
 from creditstream.topology import (
+    ATTEMPT_HEADER,
     DETAIL_HEADER,
     INDEX_HEADER,
     REASON_HEADER,
@@ -52,6 +87,14 @@ _IDLE_TICK_S = 0.25
 _JSON = "application/json"
 
 
+# Errors of one channel or one publish (not the connection) that end the serve loop: the
+# consumer reconnects instead of dying between the commit and the ack.
+_CHANNEL_ERRORS: tuple[type[BaseException], ...] = (
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.ShortStringTooLong,
+)
+
+
 class _BrokerLost(Exception):
     """The connection to the broker went away mid-serve."""
 
@@ -66,6 +109,7 @@ class Consumer:
         store: ResultsStore,
         metrics: ConsumerMetrics | None = None,
         health: HealthState | None = None,
+        relay: OutboxRelay | None = None,
     ) -> None:
         self.settings = settings
         self.topology = Topology.from_settings(settings)
@@ -80,6 +124,14 @@ class Consumer:
         self._max_records = settings.max_records_per_message
         self._last_delivery = time.monotonic()
         self.records_stored = 0
+        self.policy = Policy(
+            retry_delay_s=settings.retry_delay_ms / 1000.0,
+            hold_max_s=settings.reconnect_max_s,
+            delivery_limit=settings.delivery_limit,
+        )
+        # --- outbox (begin): events and replies leave through the relay's own connection ----
+        self.relay = relay or OutboxRelay(settings, store, self.metrics, self.health)
+        # --- outbox (end) ---
 
     # --- lifecycle ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -88,6 +140,13 @@ class Consumer:
 
     def run(self) -> int:
         """Serve until stopped or idle; reconnect with backoff when the broker goes away."""
+        self.relay.start()
+        try:
+            return self._run()
+        finally:
+            self.relay.stop()
+
+    def _run(self) -> int:
         delay, attempts, first = 0.2, 0, True
         while not self._stop.is_set():
             try:
@@ -106,7 +165,13 @@ class Consumer:
                     log.error("broker unreachable, giving up: %s", exc)
                     return 2
                 log.warning("broker unreachable (%s); retrying in %.1fs", exc, delay)
-                self._stop.wait(delay)
+                # NOTE: the loop is alive and retrying: liveness stays green (a restart
+                # cannot bring the broker back; readiness is red). The sleep polls the stop
+                # event rather than Event.wait: a signal handler setting the event while
+                # this thread holds its lock would deadlock.
+                self.health.beat()
+                interruptible_sleep(self._stop)(delay)
+                self.health.beat()
                 delay = min(delay * 2, self.settings.reconnect_max_s)
                 continue
             if not first:
@@ -139,6 +204,11 @@ class Consumer:
             publisher = connection.channel()
             publisher.confirm_delivery()
             inbox: deque[tuple[Any, Any, bytes]] = deque()
+            settler = self._settler(channel, publisher)
+            broker_cancelled = threading.Event()
+            # NOTE: the broker cancels a subscription when the queue is deleted or its node
+            # fails over; without this callback the loop would poll a dead subscription forever.
+            channel.add_on_cancel_callback(lambda _frame: broker_cancelled.set())
             consumer_tag = channel.basic_consume(
                 self.topology.requests_queue,
                 on_message_callback=lambda _ch, method, props, body: inbox.append(
@@ -161,6 +231,9 @@ class Consumer:
         try:
             while True:
                 self.health.beat()
+                if broker_cancelled.is_set():
+                    self.health.broker_connected = False
+                    raise _BrokerLost("the broker cancelled the subscription (queue deleted?)")
                 if not cancelled and (self._stop.is_set() or self._idle_expired(batch)):
                     # NOTE: dispatch what already arrived, then cancel: pika requeues only
                     # deliveries still undispatched, and we finish everything we hold.
@@ -171,21 +244,40 @@ class Consumer:
                 got_new = bool(inbox)
                 while inbox:
                     method, props, body = inbox.popleft()
-                    self._accept(channel, publisher, batch, method, props, body)
+                    settler.received(method.delivery_tag)
+                    self._accept(batch, method, props, body)
                     if batch.is_full:
-                        self._flush(channel, publisher, batch)
+                        self._flush(settler, batch)
                         batch = MicroBatch(self.settings.batch_size)
                 if batch and (not got_new or batch.is_due(time.monotonic(), self._timeout_s)):
                     # NOTE: nothing more is waiting on the socket (or the oldest record has
                     # waited T ms): flush now rather than hold latency for a fuller batch.
-                    self._flush(channel, publisher, batch)
+                    self._flush(settler, batch)
                     batch = MicroBatch(self.settings.batch_size)
                 if cancelled and not inbox and not batch:
                     channel.close()
                     return True
                 connection.process_data_events(time_limit=0 if batch or inbox else _IDLE_TICK_S)
-        except BROKER_DOWN_ERRORS as exc:
-            raise _BrokerLost(exc) from exc
+        except (*BROKER_DOWN_ERRORS, *_CHANNEL_ERRORS) as exc:
+            # NOTE: a channel closed by the broker, a nacked or returned publish, a property
+            # too long to encode: the batch in hand is not acked; a new connection gets it
+            # redelivered, and the store's idempotency makes the second pass harmless.
+            raise _BrokerLost(f"{type(exc).__name__}: {exc}") from exc
+
+    def _settler(self, channel: BlockingChannel, publisher: BlockingChannel) -> Settler:
+        return Settler(
+            channel=channel,
+            publisher=publisher,
+            store=self.store,
+            topology=self.topology,
+            metrics=self.metrics,
+            health=self.health,
+            policy=self.policy,
+            model_version=self.scorer.version,
+            stop=self._stop,
+            sleep=channel.connection.sleep,
+            relay=self.relay,
+        )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
         limit = self.settings.exit_when_idle_s
@@ -193,26 +285,19 @@ class Consumer:
 
     # --- per message ----------------------------------------------------------------------
     def _accept(
-        self,
-        channel: BlockingChannel,
-        publisher: BlockingChannel,
-        batch: MicroBatch,
-        method: Any,
-        props: pika.BasicProperties,
-        body: bytes,
+        self, batch: MicroBatch, method: Any, props: pika.BasicProperties, body: bytes
     ) -> None:
+        """Decode one delivery into the batch; nothing is published or settled here."""
         now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
-        message_id = props.message_id or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+        message_id = message_id_of(props.message_id, body)
         decoded = decode_request(
             body,
             props.content_type,
             max_body_bytes=self._max_body_bytes,
             max_records=self._max_records,
         )
-        for rejection in decoded.rejections:
-            self._dead_letter(publisher, message_id, body, rejection)
         headers = props.headers or {}
         sent_at = headers.get(SENT_AT_HEADER)
         message = PendingMessage(
@@ -228,93 +313,19 @@ class Consumer:
             reply_to=props.reply_to,
             correlation_id=props.correlation_id,
             redelivered=bool(method.redelivered),
+            body=body,
+            attempt=_attempt(headers, self.topology.retry_queue),
+            properties=props,
         )
-        if message.records:
-            batch.add(message, now)
-            return
-        self.metrics.messages.inc()
-        # Nothing to score: every record was dead-lettered (and confirmed) already.
-        if message.reply_to:
-            self._reply(channel, message, [])
-        channel.basic_ack(method.delivery_tag)
-
-    def _dead_letter(
-        self, publisher: BlockingChannel, message_id: str, body: bytes, rejection: Rejection
-    ) -> None:
-        payload = body if rejection.index is None else _encode_raw(rejection.raw, body)
-        headers: dict[str, Any] = {
-            REASON_HEADER: rejection.reason,
-            DETAIL_HEADER: rejection.detail[:500],
-            SOURCE_HEADER: message_id,
-        }
-        if rejection.index is not None:
-            headers[INDEX_HEADER] = rejection.index
-        # NOTE: confirmed publish: the original is acked only after the dead letter is safe.
-        publisher.basic_publish(
-            self.topology.dead_letter_exchange,
-            self.topology.dead_letter_queue,
-            payload,
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                headers=headers,
-                message_id=f"{message_id}#dead{rejection.index or 0}",
-            ),
-        )
-        self.metrics.dead_lettered.labels(rejection.reason).inc()
-        self.metrics.records.labels("rejected").inc()
-        log.warning(
-            "dead-lettered %s record %s: %s (%s)",
-            message_id,
-            rejection.index,
-            rejection.reason,
-            rejection.detail[:200],
-        )
+        batch.add(message, now)
 
     # --- per batch ------------------------------------------------------------------------
-    def _flush(
-        self, channel: BlockingChannel, publisher: BlockingChannel, batch: MicroBatch
-    ) -> None:
-        scored, failed = self._score(batch)
-        for message in failed:
-            # NOTE: requeue: the quorum queue counts it; past the delivery limit the broker
-            # dead-letters it, so a message that always fails cannot loop forever.
-            channel.basic_nack(message.delivery_tag, requeue=True)
-        if not scored:
-            return
-        predictions = [p for _, per_message in scored for p in per_message]
-        inserted = self._store_with_retry(channel, scored, predictions)
-        if inserted is None:
-            return  # stopping during a store outage: batch requeued
-        duplicates = len(predictions) - inserted
-        if duplicates:
-            self.metrics.duplicates.inc(duplicates)
-            log.info("%d records of this batch were already stored (redelivery)", duplicates)
-        publisher.basic_publish(
-            self.topology.predictions_exchange,
-            "",
-            encode_json([p.as_event() for p in predictions]),
-            pika.BasicProperties(
-                content_type=_JSON,
-                delivery_mode=2,
-                message_id=f"predictions-{uuid.uuid4().hex}",
-                headers={
-                    "x-creditstream-model-version": self.scorer.version,
-                    "x-creditstream-records": len(predictions),
-                },
-            ),
-        )
-        for message, per_message in scored:
-            if message.reply_to:
-                self._reply(channel, message, per_message)
-        channel.basic_ack(max(m.delivery_tag for m, _ in scored), multiple=True)
-        done = time.time()
-        for message, _ in scored:
-            if message.sent_at is not None:
-                self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
-        self.metrics.records.labels("scored").inc(len(predictions))
-        self.metrics.messages.inc(len(scored))
-        self.records_stored += inserted
+    def _flush(self, settler: Settler, batch: MicroBatch) -> None:
+        scored, failed = self._score(batch) if batch.n_records else ([], [])
+        predictions = {message.delivery_tag: per_message for message, per_message in scored}
+        before = settler.records_stored
+        settler.settle_batch(batch.messages, predictions, {m.delivery_tag for m in failed})
+        self.records_stored += settler.records_stored - before
 
     def _score(
         self, batch: MicroBatch
@@ -342,6 +353,8 @@ class Consumer:
     ) -> tuple[list[tuple[PendingMessage, list[Prediction]]], list[PendingMessage]]:
         scored, failed = [], []
         for message in batch.messages:
+            if not message.records:
+                continue
             single = MicroBatch(batch.max_records)
             single.add(message, 0.0)
             try:
@@ -355,9 +368,11 @@ class Consumer:
             except Exception as exc:  # noqa: BLE001
                 self.metrics.scoring_failures.inc()
                 log.error(
-                    "scoring message %s failed (%s); requeued (delivery limit %d)",
+                    "scoring message %s failed (%s); returned for a later attempt "
+                    "(attempt %d, delivery limit %d)",
                     message.message_id,
                     exc,
+                    message.attempt + 1,
                     self.settings.delivery_limit,
                 )
                 failed.append(message)
@@ -365,54 +380,497 @@ class Consumer:
                 scored.append((message, predictions))
         return scored, failed
 
-    def _store_with_retry(
+
+class Settler:
+    """Executes the settlement policy's actions on a batch (the only I/O of settlement).
+
+    `channel` is the channel the deliveries came on (ack, nack, replies); `publisher` a
+    confirmed channel for dead letters and prediction events. Both are pika BlockingChannels in
+    the consumer and fakes in unit tests.
+    """
+
+    def __init__(
         self,
-        channel: BlockingChannel,
-        scored: list[tuple[PendingMessage, list[Prediction]]],
-        predictions: list[Prediction],
-    ) -> int | None:
-        delay = 0.2
+        *,
+        channel: Any,
+        publisher: Any,
+        store: ResultsStore,
+        topology: Topology,
+        metrics: ConsumerMetrics,
+        health: HealthState,
+        policy: Policy,
+        model_version: str,
+        stop: threading.Event,
+        sleep: Callable[[float], None],
+        relay: OutboxRelay,
+    ) -> None:
+        self.channel, self.publisher = channel, publisher
+        self.relay = relay
+        self.store, self.topology = store, topology
+        self.metrics, self.health = metrics, health
+        self.policy, self.model_version = policy, model_version
+        self.stop, self.sleep = stop, sleep
+        self.records_stored = 0
+        self._unsettled: set[int] = set()
+
+    def received(self, tag: int) -> None:
+        """A delivery arrived on the channel (and is not settled until an action says so)."""
+        self._unsettled.add(tag)
+
+    def settle_batch(
+        self,
+        messages: list[PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        scoring_failed: set[int],
+    ) -> None:
+        """Run the policy to the end for one batch: store (bisecting, holding), then settle."""
+        by_tag = {m.delivery_tag: m for m in messages}
+        deliveries = tuple(
+            Delivery(
+                tag=m.delivery_tag,
+                message_id=m.message_id,
+                n_records=len(m.records),
+                rejections=tuple(m.rejections),
+                reply_to=m.reply_to,
+                attempt=m.attempt,
+            )
+            for m in messages
+        )
+        result = NOT_STORED
         while True:
-            started = time.perf_counter()
-            try:
-                inserted = self.store.write(predictions)
-            except SQLAlchemyError as exc:
-                self.metrics.store_errors.inc()
-                self.health.store_ok = False
-                if self._stop.is_set():
-                    for message, _ in scored:
-                        channel.basic_nack(message.delivery_tag, requeue=True)
-                    log.error(
-                        "results store down while stopping; %d messages requeued", len(scored)
-                    )
-                    return None
+            outcome = BatchOutcome(
+                deliveries, frozenset(scoring_failed), result, stopping=self.stop.is_set()
+            )
+            actions = settle(outcome, self.policy)
+            first = actions[0] if actions else None
+            if isinstance(first, Store):
+                result = self._store(first, by_tag, predictions, result.failures)
+                continue
+            if isinstance(first, Hold):
                 log.warning(
                     "results store unavailable (%s); batch held, retry in %.1fs",
-                    str(exc).splitlines()[0][:200],
-                    delay,
+                    first.reason,
+                    first.delay_s,
                 )
-                # NOTE: connection.sleep keeps heartbeats flowing while we hold the batch; the
-                # beat keeps liveness green (a restart cannot fix the database), readiness is red.
+                # NOTE: the sleep keeps heartbeats flowing while we hold the batch; the beat
+                # keeps liveness green (a restart cannot fix the database), readiness is red.
                 self.health.beat()
-                channel.connection.sleep(delay)
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                self.sleep(first.delay_s)
+                result = StoreResult(failures=result.failures)
                 continue
-            self.metrics.store_seconds.observe(time.perf_counter() - started)
-            if not self.health.store_ok:
-                self.health.store_ok = True
-            return inserted
+            self.execute(actions, by_tag, predictions, result)
+            return
+
+    def _store(
+        self,
+        action: Store,
+        by_tag: dict[int, PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        failures: int,
+    ) -> StoreResult:
+        rows = [(tag, i) for tag in action.tags for i in range(len(predictions[tag]))]
+        started = time.perf_counter()
+        try:
+            inserted, refused = bisect_refused(
+                lambda part: self.store.write(
+                    [predictions[tag][i] for tag, i in part], self._event_of
+                ),
+                rows,
+                lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
+            )
+        except Exception as exc:  # noqa: BLE001 - classified: permanent ones never get here
+            self.metrics.store_errors.inc()
+            self.health.store_ok = False
+            return StoreResult(transient=store_error_detail(exc), failures=failures + 1)
+        if refused:
+            # NOTE: before blaming the records, ask whether the database takes an ordinary
+            # row at all (a probe, rolled back): a new constraint or trigger refuses every row,
+            # and is an outage to hold (readiness red), not good traffic to dead-letter.
+            try:
+                self.store.probe()
+            except Exception as exc:  # noqa: BLE001 - any failure of the probe: hold
+                self.metrics.store_errors.inc()
+                self.health.store_ok = False
+                return StoreResult(
+                    transient=f"the store refuses an ordinary row too ({store_error_detail(exc)})",
+                    failures=failures + 1,
+                )
+            # NOTE: the probe passed: the refused records get one more try each, so a
+            # constraint removed between the bisect and the probe does not cost them.
+            still: list[tuple[int, Exception]] = []
+            try:
+                for position, _error in refused:
+                    (tag, i) = rows[position]
+                    added, again = bisect_refused(
+                        lambda part: self.store.write([predictions[t][j] for t, j in part]),
+                        [(tag, i)],
+                        lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
+                    )
+                    inserted += added
+                    still.extend((position, e) for _, e in again)
+            except Exception as exc:  # noqa: BLE001 - classified: permanent ones never get here
+                self.metrics.store_errors.inc()
+                self.health.store_ok = False
+                return StoreResult(transient=store_error_detail(exc), failures=failures + 1)
+            refused = still
+        self.metrics.store_seconds.observe(time.perf_counter() - started)
+        self.health.store_ok = True
+        if refused:
+            self.metrics.store_errors.inc(len(refused))
+        stored = len(rows) - len(refused)
+        duplicates = stored - inserted
+        if duplicates:
+            self.metrics.duplicates.inc(duplicates)
+            log.info("%d records of this batch were already stored (redelivery)", duplicates)
+        self.records_stored += inserted
+        pairs = []
+        for position, error in refused:
+            tag, i = rows[position]
+            message = by_tag[tag]
+            record = message.records[i]
+            pairs.append(
+                (
+                    tag,
+                    Rejection(
+                        STORE_REJECTED,
+                        f"the results store refused the record: {store_error_detail(error)}",
+                        record.index,
+                        _raw_record(message, record.index),
+                    ),
+                )
+            )
+        return StoreResult(committed=True, refused=refused_by_delivery(pairs))
+
+    def execute(
+        self,
+        actions: list[Action],
+        by_tag: dict[int, PendingMessage],
+        predictions: dict[int, list[Prediction]],
+        result: StoreResult,
+    ) -> None:
+        """Publish, reply and settle as the actions say, in their order."""
+        refused_index = {
+            tag: {r.index for r in rejections} for tag, rejections in result.refused.items()
+        }
+
+        def kept(tag: int) -> list[Prediction]:
+            gone = refused_index.get(tag, set())
+            message = by_tag[tag]
+            return [
+                p
+                for record, p in zip(message.records, predictions.get(tag, []), strict=False)
+                if record.index not in gone
+            ]
+
+        # --- outbox (begin): dead letters are committed to the outbox before the ack and
+        # published by the relay: a publish on this connection during a memory alarm would
+        # block it, and every ack with it.
+        in_outbox = self._dead_letters_to_outbox(
+            [a for a in actions if isinstance(a, DeadLetter)], by_tag
+        )
+        # --- outbox (end) ---
+        for action in actions:
+            if isinstance(action, DeadLetter):
+                self._dead_letter(by_tag[action.tag], action.rejection, in_outbox=in_outbox)
+            elif isinstance(action, PublishPredictions):
+                self._publish_predictions([p for tag in action.tags for p in kept(tag)])
+            elif isinstance(action, Reply):
+                self._reply(by_tag[action.tag], kept(action.tag), result)
+            elif isinstance(action, Ack):
+                self._ack(action.tags, by_tag)
+            elif isinstance(action, Retry):
+                self._retry(by_tag[action.tag], action)
+            elif isinstance(action, Requeue):
+                self.channel.basic_nack(action.tag, requeue=True)
+                self._unsettled.discard(action.tag)
+                log.error("results store down while stopping; message %d requeued", action.tag)
+
+    def _retry(self, message: PendingMessage, action: Retry) -> None:
+        # NOTE: the copy waits in the retry queue (TTL enforced by the broker), then the
+        # broker dead-letters it back to the requests exchange. Confirmed before the original
+        # is acked: a crash in between leaves two copies, which the idempotent store absorbs.
+        props = message.properties or pika.BasicProperties()
+        headers = {**(props.headers or {}), ATTEMPT_HEADER: action.attempt}
+        headers.pop("x-delivery-count", None)
+        # NOTE: x-death keeps only the retry queue's own entries (they make the attempt
+        # header trusted, _attempt). An entry naming the requests queue (a message replayed
+        # from the dead-letter queue) would make the broker take the way back for a
+        # dead-letter cycle and drop the copy silently.
+        deaths = headers.pop("x-death", None)
+        retry_queue = self.topology.retry_queue
+        if isinstance(deaths, list):
+            own = [
+                d
+                for d in deaths
+                if isinstance(d, dict) and d.get("queue") in (retry_queue, retry_queue.encode())
+            ]
+            if own:
+                headers["x-death"] = own
+        self.publisher.basic_publish(
+            "",
+            self.topology.retry_queue,
+            message.body,
+            pika.BasicProperties(
+                content_type=props.content_type,
+                content_encoding=props.content_encoding,
+                delivery_mode=2,
+                priority=props.priority,
+                message_id=props.message_id,
+                correlation_id=props.correlation_id,
+                reply_to=props.reply_to,
+                timestamp=props.timestamp,
+                type=props.type,
+                app_id=props.app_id,
+                headers=headers,
+                # NOTE: not user_id (the broker refuses one other than the publishing
+                # connection's) nor expiration (the retry queue's TTL is the delay).
+            ),
+            mandatory=True,
+        )
+        self.channel.basic_ack(action.tag)
+        self._unsettled.discard(action.tag)
+        self.metrics.retried.inc()
+        log.warning(
+            "message %s returns in %.1fs (attempt %d of %d)",
+            message.message_id[:200],
+            action.delay_s,
+            action.attempt + 1,
+            self.policy.delivery_limit,
+        )
+
+    def _ack(self, tags: tuple[int, ...], by_tag: dict[int, PendingMessage]) -> None:
+        highest = max(tags)
+        settled = set(tags)
+        if all(tag in settled for tag in self._unsettled if tag <= highest):
+            self.channel.basic_ack(highest, multiple=True)
+        else:
+            for tag in tags:
+                self.channel.basic_ack(tag)
+        self._unsettled -= settled
+        done = time.time()
+        n_records = 0
+        for tag in tags:
+            message = by_tag[tag]
+            n_records += len(message.records)
+            if message.sent_at is not None and message.records:
+                self.metrics.end_to_end_seconds.observe(max(0.0, done - message.sent_at))
+        self.metrics.messages.inc(len(tags))
+
+    # --- outbox (begin) ---
+    def _dead_letters_to_outbox(
+        self, actions: list[DeadLetter], by_tag: dict[int, PendingMessage]
+    ) -> bool:
+        """Commit the batch's dead letters to the outbox; False: publish them directly.
+
+        NOTE: a store without an outbox (the unit tests' in-memory one) or a database that
+        cannot take them now (outage, a value it refuses) falls back to the confirmed publish
+        on this connection: a dead letter must be safe before its delivery is acked.
+        """
+        enqueue = getattr(self.store, "enqueue", None)
+        if not actions or enqueue is None:
+            return False
+        events = []
+        for action in actions:
+            payload, headers, message_id = self._dead_letter_message(
+                by_tag[action.tag], action.rejection
+            )
+            events.append(
+                OutboxEvent(
+                    message_id="dead-"
+                    + hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:40],
+                    body=payload,
+                    records=0,
+                    model_version="",
+                    destination={
+                        "exchange": self.topology.dead_letter_exchange,
+                        "routing_key": self.topology.dead_letter_queue,
+                        "message_id": message_id,
+                        "headers": headers,
+                    },
+                )
+            )
+        try:
+            enqueue(events)
+        except (SQLAlchemyError, UnicodeError, ValueError, TypeError) as exc:
+            log.warning(
+                "dead letters not written to the outbox (%s); publishing them directly",
+                store_error_detail(exc),
+            )
+            return False
+        self.relay.wake()
+        return True
+
+    def _dead_letter_message(
+        self, message: PendingMessage, rejection: Rejection
+    ) -> tuple[bytes, dict[str, Any], str]:
+        payload = (
+            message.body if rejection.index is None else _encode_raw(rejection.raw, message.body)
+        )
+        headers: dict[str, Any] = {
+            REASON_HEADER: rejection.reason,
+            DETAIL_HEADER: rejection.detail[:500],
+            SOURCE_HEADER: message.message_id,
+        }
+        if rejection.index is not None:
+            headers[INDEX_HEADER] = rejection.index
+        return (
+            payload,
+            headers,
+            _short_id(
+                f"{message.message_id}#dead"
+                + ("-body" if rejection.index is None else str(rejection.index))
+            ),
+        )
+
+    # --- outbox (end) ---
+
+    def _dead_letter(
+        self, message: PendingMessage, rejection: Rejection, *, in_outbox: bool = False
+    ) -> None:
+        if not in_outbox:
+            payload, headers, message_id = self._dead_letter_message(message, rejection)
+            properties = pika.BasicProperties(
+                content_type=_JSON, delivery_mode=2, headers=headers, message_id=message_id
+            )
+            delay = self.policy.hold_base_s
+            while True:
+                try:
+                    # NOTE: confirmed and mandatory: the original is acked only after the dead
+                    # letter is in a queue. Unroutable (nothing bound) or nacked (the dead-letter
+                    # queue refuses, e.g. full): keep the delivery unacked and try again.
+                    self.publisher.basic_publish(
+                        self.topology.dead_letter_exchange,
+                        self.topology.dead_letter_queue,
+                        payload,
+                        properties,
+                        mandatory=True,
+                    )
+                except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+                    self.metrics.unroutable.inc()
+                    self.health.publish_ok = False
+                    if self.stop.is_set():
+                        raise  # stopping: the delivery goes back unacked (redelivered later)
+                    log.error(
+                        "dead letter of %s %s by the broker (exchange %s); request kept unacked, "
+                        "retry in %.1fs",
+                        message.message_id[:200],
+                        "returned"
+                        if isinstance(exc, pika.exceptions.UnroutableError)
+                        else "nacked",
+                        self.topology.dead_letter_exchange,
+                        delay,
+                    )
+                    self.health.beat()
+                    self.sleep(delay)
+                    delay = min(delay * 2, self.policy.hold_max_s)
+                    continue
+                break
+            self.health.publish_ok = True
+        self.metrics.dead_lettered.labels(rejection.reason).inc()
+        self.metrics.records.labels("rejected").inc()
+        log.warning(
+            "dead-lettered %s record %s: %s (%s)",
+            message.message_id[:200],
+            rejection.index,
+            rejection.reason,
+            rejection.detail[:200],
+        )
+
+    # --- outbox (begin) ---
+    def _event_of(self, predictions: Sequence[Prediction]) -> OutboxEvent:
+        """The event message of the rows one store transaction adds (committed with them)."""
+        return OutboxEvent(
+            message_id=f"predictions-{uuid.uuid4().hex}",
+            body=encode_json([p.as_event() for p in predictions]),
+            records=len(predictions),
+            model_version=self.model_version,
+        )
+
+    def _publish_predictions(self, predictions: list[Prediction]) -> None:
+        # NOTE: durable first, events after: the event was committed to the outbox with the
+        # rows (_event_of); the relay publishes it on its own connection. Nothing is published
+        # here, so nothing here waits for the broker before the ack.
+        if not predictions:
+            return
+        self.relay.wake()
+        self.metrics.records.labels("scored").inc(len(predictions))
+
+    # --- outbox (end) ---
 
     def _reply(
-        self, channel: BlockingChannel, message: PendingMessage, predictions: list[Prediction]
+        self, message: PendingMessage, predictions: list[Prediction], result: StoreResult
     ) -> None:
-        # NOTE: replies are unconfirmed: the reply queue is the caller's and transient;
-        # the durable copy of every prediction is the results store.
-        channel.basic_publish(
-            "",
+        refused = result.refused.get(message.delivery_tag, ())
+        if refused:
+            gone = {r.index for r in refused}
+            message = dataclasses.replace(
+                message,
+                records=[r for r in message.records if r.index not in gone],
+                rejections=[*message.rejections, *refused],
+            )
+        # --- outbox (begin) ---
+        # NOTE: handed to the relay's publishing connection (never blocks, never holds the
+        # ack): a reply published here would be blocked by a memory alarm, and the ack with it.
+        self.relay.reply(
             message.reply_to or "",
             encode_json(reply_body(message, predictions)),
-            pika.BasicProperties(content_type=_JSON, correlation_id=message.correlation_id),
+            message.correlation_id,
         )
+        self.relay.wake()
+        # --- outbox (end) ---
+
+
+def message_id_of(raw: str | bytes | None, body: bytes) -> str:
+    """The message id the idempotency keys derive from (the same on every redelivery).
+
+    pika hands over a message_id that is not UTF-8 as bytes: it becomes `bytes:<hex>` (or
+    `bytes:sha256:<digest>` past 90 bytes), a text the store, logs and JSON take; no id at all
+    becomes a digest of the body.
+    """
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # NOTE: a prefix of its own (no collision with a client id "0x..."), and a digest
+            # when the hex would not fit the 255-character column.
+            if len(raw) <= 90:
+                return "bytes:" + raw.hex()
+            return "bytes:sha256:" + hashlib.sha256(raw).hexdigest()
+        return text or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+    return raw or "sha256:" + hashlib.sha256(body).hexdigest()[:40]
+
+
+def _attempt(headers: dict[str, Any], retry_queue: str) -> int:
+    """Scoring attempts before this delivery: the attempt header, trusted only on a message
+    the broker dead-lettered out of our retry queue (x-death names it); a publisher's own
+    header would skip the retry budget."""
+    deaths = headers.get("x-death")
+    from_retry = isinstance(deaths, list) and any(
+        isinstance(death, dict) and death.get("queue") in (retry_queue, retry_queue.encode())
+        for death in deaths
+    )
+    if not from_retry:
+        return 0
+    count = headers.get(ATTEMPT_HEADER)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def _short_id(value: str) -> str:
+    """An AMQP message id (a short string: at most 255 bytes); longer ones are hashed."""
+    if len(value.encode("utf-8", "surrogatepass")) <= 255:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _raw_record(message: PendingMessage, index: int) -> Any:
+    """The record as it arrived (for a dead letter of a record the store refused)."""
+    try:
+        payload = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        return None
+    if message.is_batch and isinstance(payload, list) and 0 <= index < len(payload):
+        return payload[index]
+    return payload
 
 
 def _encode_raw(raw: Any, fallback: bytes) -> bytes:

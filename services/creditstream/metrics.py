@@ -105,7 +105,19 @@ class ConsumerMetrics:
         )
         self.scoring_failures = Counter(
             "creditstream_scoring_failures_total",
-            "Messages whose scoring failed (requeued).",
+            "Scoring attempts that failed for a message (retried later, or dead-lettered "
+            "with reason scoring-failed at the delivery limit).",
+            registry=r,
+        )
+        self.retried = Counter(
+            "creditstream_retried_messages_total",
+            "Messages sent to the retry queue after a scoring failure (they come back later).",
+            registry=r,
+        )
+        self.unroutable = Counter(
+            "creditstream_unroutable_publishes_total",
+            "Dead letters the broker returned as unroutable or nacked (the request is kept "
+            "unacked and the publish retried).",
             registry=r,
         )
         self.store_errors = Counter(
@@ -121,6 +133,37 @@ class ConsumerMetrics:
         self.ready = Gauge(
             "creditstream_ready", "1 when broker, model and store are usable.", registry=r
         )
+        # --- outbox relay (events after: delayed events do not make a consumer unready) ----
+        self.events_published = Counter(
+            "creditstream_events_published_total",
+            "Prediction event messages the relay published from the outbox (confirmed).",
+            registry=r,
+        )
+        self.events_returned = Counter(
+            "creditstream_events_returned_total",
+            "Event publishes returned unroutable or nacked by the broker (kept, retried).",
+            registry=r,
+        )
+        self.outbox_pending = Gauge(
+            "creditstream_outbox_pending_events",
+            "Event messages committed but not yet published (last relay look).",
+            registry=r,
+        )
+        self.outbox_oldest_seconds = Gauge(
+            "creditstream_outbox_oldest_event_seconds",
+            "Age of the oldest unpublished event message (0 when none).",
+            registry=r,
+        )
+        self.relay_connected = Gauge(
+            "creditstream_relay_connected",
+            "1 while the relay's publishing connection is open.",
+            registry=r,
+        )
+        self.replies_dropped = Counter(
+            "creditstream_replies_dropped_total",
+            "RPC replies dropped because reply_buffer was full (the result is in the store).",
+            registry=r,
+        )
 
 
 @dataclass
@@ -131,7 +174,10 @@ class HealthState:
     model_loaded: bool = False
     broker_connected: bool = False
     store_ok: bool = False
+    publish_ok: bool = True
     draining: bool = False
+    # NOTE: reported, never part of `ready`: delayed events do not stop a consumer consuming.
+    events_relay_connected: bool = False
     last_beat: float = field(default_factory=time.monotonic)
 
     def beat(self) -> None:
@@ -146,7 +192,13 @@ class HealthState:
     @property
     def ready(self) -> bool:
         """Able to take work now."""
-        return self.model_loaded and self.broker_connected and self.store_ok and not self.draining
+        return (
+            self.model_loaded
+            and self.broker_connected
+            and self.store_ok
+            and self.publish_ok
+            and not self.draining
+        )
 
     def describe(self) -> dict[str, Any]:
         """The readiness components, for the /readyz body."""
@@ -154,7 +206,9 @@ class HealthState:
             "model_loaded": self.model_loaded,
             "broker_connected": self.broker_connected,
             "store_ok": self.store_ok,
+            "publish_ok": self.publish_ok,
             "draining": self.draining,
+            "events_relay_connected": self.events_relay_connected,
         }
 
 

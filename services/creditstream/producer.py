@@ -59,15 +59,29 @@ class OutgoingMessage:
 
 
 def build_messages(
-    records: Iterable[dict[str, Any]], records_per_message: int, run_id: str
+    records: Iterable[dict[str, Any]],
+    records_per_message: int,
+    run_id: str,
+    *,
+    max_body_bytes: int | None = None,
 ) -> Iterator[OutgoingMessage]:
-    """Group records into messages with deterministic ids `<run_id>-<sequence>`."""
+    """Group records into messages with deterministic ids `<run_id>-<sequence>`.
+
+    A body over `max_body_bytes` is refused here (ValueError), before it is published: the
+    consumer would dead-letter it unread.
+    """
     iterator = iter(records)
     for sequence in itertools.count(1):
         chunk = list(itertools.islice(iterator, records_per_message))
         if not chunk:
             return
-        yield OutgoingMessage(f"{run_id}-{sequence:09d}", encode_records(chunk), len(chunk))
+        body = encode_records(chunk)
+        if max_body_bytes is not None and len(body) > max_body_bytes:
+            raise ValueError(
+                f"message {sequence} of {len(chunk)} records is {len(body)} bytes, over "
+                f"max_body_bytes ({max_body_bytes}): send fewer records per message"
+            )
+        yield OutgoingMessage(f"{run_id}-{sequence:09d}", body, len(chunk))
 
 
 @dataclass
@@ -490,7 +504,9 @@ def run_producer(
     log.info(
         "producing from %s (run id %s, %d record(s)/message)", label, run_id, records_per_message
     )
-    messages = build_messages(stream, records_per_message, run_id)
+    messages = build_messages(
+        stream, records_per_message, run_id, max_body_bytes=settings.max_body_bytes
+    )
     pacer = Pacer(rate=rate, interval=interval)
     show = sys.stderr.isatty() if progress is None else progress
     if not show:

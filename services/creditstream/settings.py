@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,30 @@ class Settings(BaseSettings):
     predictions_exchange: str = Field(
         "creditstream.predictions", description="Exchange every scored batch is published to."
     )
+    results_stream: str = Field(
+        "creditstream.results",
+        description="Stream queue (x-queue-type: stream) bound to predictions_exchange: every "
+        "prediction event, durable and replayable (`creditstream results follow`).",
+    )
+    results_stream_max_bytes: int = Field(
+        1_000_000_000,
+        ge=1_000_000,
+        description="Retention of the results stream by size (x-max-length-bytes): the oldest "
+        "segments are removed past it. Applies when the stream is created; an existing stream "
+        "keeps its own (change it with a RabbitMQ policy).",
+    )
+    results_stream_max_age: str = Field(
+        "7D",
+        pattern=r"^[1-9][0-9]*(Y|M|D|h|m|s)$",
+        description="Retention of the results stream by age (x-max-age, e.g. 7D, 12h, 30m); "
+        "applies when the stream is created, like results_stream_max_bytes.",
+    )
+    results_stream_segment_bytes: int = Field(
+        100_000_000,
+        ge=100_000,
+        description="Segment size of the results stream (x-stream-max-segment-size-bytes); "
+        "retention removes whole segments, so keep it well below results_stream_max_bytes.",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,
@@ -80,6 +104,14 @@ class Settings(BaseSettings):
         "queue gets when declared (None: RabbitMQ's default, quorum_cluster_size = 3, at most "
         "every node). Changing it "
         "on an existing queue needs a new queue.",
+    )
+    retry_delay_ms: int = Field(
+        1000,
+        ge=1,
+        le=3_600_000,
+        description="A message whose scoring failed (the model, not the input) waits this long "
+        "in the retry queue (broker-side TTL) before it comes back; after delivery_limit "
+        "attempts it is dead-lettered with reason scoring-failed.",
     )
     tls_ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's certificate for amqps:// URLs."
@@ -100,6 +132,50 @@ class Settings(BaseSettings):
     )
     database_schema: str | None = Field(
         None, description="PostgreSQL schema for the predictions table (default: search_path)."
+    )
+    database_connect_timeout_s: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Seconds a connection to the results database may take before the attempt "
+        "counts as a (transient) store failure.",
+    )
+    database_statement_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="PostgreSQL statement_timeout of the results store's sessions: a write "
+        "slower than this is cancelled and retried as a transient store failure.",
+    )
+
+    outbox_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often the outbox relay looks for unpublished events (it is also woken "
+        "after every commit of its own consumer).",
+    )
+    outbox_batch_rows: int = Field(
+        100, ge=1, le=10_000, description="Outbox rows the relay publishes per round."
+    )
+    outbox_batch_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Body bytes the relay loads per round (at least one row): dead letters "
+        "keep whole bodies, so a round is bounded by bytes as well as rows.",
+    )
+    outbox_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Upper bound of the relay's backoff when events are returned unroutable, "
+        "nacked or the broker is away.",
+    )
+    reply_buffer: int = Field(
+        10_000,
+        ge=1,
+        description="Replies to RPC callers waiting for the publishing connection (e.g. during "
+        "a memory alarm); beyond it the oldest is dropped and counted (the caller times out, "
+        "the result is in the database).",
     )
 
     # --- data and model ---------------------------------------------------------------------
@@ -145,7 +221,18 @@ class Settings(BaseSettings):
         1024, ge=1, le=65_535, description="AMQP prefetch (unacked deliveries per consumer)."
     )
     max_body_bytes: int = Field(
-        1_048_576, ge=256, description="Bodies larger than this are dead-lettered unread."
+        262_144,
+        ge=256,
+        description="Bodies larger than this are dead-lettered unread (about 790 records of "
+        "the contract fit in the default). prefetch x max_body_bytes must fit "
+        "memory_budget_bytes.",
+    )
+    memory_budget_bytes: int = Field(
+        268_435_456,
+        ge=1_048_576,
+        description="Memory the consumer may hold in deliveries not yet settled: prefetch x "
+        "max_body_bytes must not exceed it. Keep it at most half the container's memory limit "
+        "(the chart sets it to consumer.memoryBudgetFraction of the limit).",
     )
     max_records_per_message: int = Field(
         10_000, ge=1, description="Messages with more records than this are dead-lettered."
@@ -203,6 +290,19 @@ class Settings(BaseSettings):
         "auto", description="json lines, rich console, or auto (console on a terminal)."
     )
 
+    @model_validator(mode="after")
+    def _check_memory_bound(self) -> Settings:
+        in_hand = self.prefetch * self.max_body_bytes
+        if in_hand > self.memory_budget_bytes:
+            raise ValueError(
+                f"prefetch ({self.prefetch}) x max_body_bytes ({self.max_body_bytes}) = "
+                f"{in_hand} bytes of deliveries in hand exceeds memory_budget_bytes "
+                f"({self.memory_budget_bytes}): lower CREDITSTREAM_PREFETCH or "
+                "CREDITSTREAM_MAX_BODY_BYTES, or raise CREDITSTREAM_MEMORY_BUDGET_BYTES (and "
+                "the container's memory limit with it)"
+            )
+        return self
+
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
@@ -223,6 +323,15 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{where}{exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _check_results_stream(self) -> Settings:
+        if self.results_stream_segment_bytes >= self.results_stream_max_bytes:
+            raise ValueError(
+                "results_stream_segment_bytes must be below results_stream_max_bytes: the "
+                "stream removes whole segments, so retention by size could never apply"
+            )
+        return self
 
     @field_validator("management_url")
     @classmethod

@@ -26,6 +26,8 @@ INDEX_HEADER: Final = "x-creditstream-record-index"
 SOURCE_HEADER: Final = "x-creditstream-source-message-id"
 # Publish time in integer microseconds since the epoch (AMQP tables have no float type).
 SENT_AT_HEADER: Final = "x-creditstream-sent-at-us"
+# Scoring attempts before this delivery (set when a message goes through the retry queue).
+ATTEMPT_HEADER: Final = "x-creditstream-attempt"
 PRECONDITION_FAILED: Final = 406
 
 
@@ -48,6 +50,11 @@ class Topology:
     predictions_exchange: str
     delivery_limit: int
     initial_group_size: int | None = None
+    retry_delay_ms: int = 1000
+    results_stream: str = ""
+    results_stream_max_bytes: int = 1_000_000_000
+    results_stream_max_age: str = "7D"
+    results_stream_segment_bytes: int = 100_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
@@ -60,7 +67,35 @@ class Topology:
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
             initial_group_size=settings.quorum_initial_group_size,
+            retry_delay_ms=settings.retry_delay_ms,
+            results_stream=settings.results_stream,
+            results_stream_max_bytes=settings.results_stream_max_bytes,
+            results_stream_max_age=settings.results_stream_max_age,
+            results_stream_segment_bytes=settings.results_stream_segment_bytes,
         )
+
+    @property
+    def retry_queue(self) -> str:
+        """Where a message whose scoring failed waits before it returns to the requests queue.
+
+        NOTE: the delay is in the name: queue arguments cannot change in place, so another
+        delay is another queue (an old one drains itself into the requests queue).
+        """
+        return retry_queue_name(self.requests_queue, self.retry_delay_ms)
+
+    def retry_queue_arguments(self) -> dict[str, Any]:
+        """The broker holds each message retry_delay_ms, then dead-letters it back."""
+        return {
+            "x-queue-type": "quorum",
+            "x-message-ttl": self.retry_delay_ms,
+            # NOTE: back through the default exchange to this requests queue only: through the
+            # requests exchange, every other queue bound with the same key would get a copy.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.requests_queue,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            **self._replication_arguments(),
+        }
 
     def requests_queue_arguments(self) -> dict[str, Any]:
         """Quorum queue: the broker counts deliveries, so a poison message cannot loop forever.
@@ -75,6 +110,20 @@ class Topology:
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.dead_letter_queue,
             **self._replication_arguments(),
+            # NOTE: at-least-once: a message past the delivery limit leaves the queue only
+            # once the dead-letter queue confirmed it (the default, at-most-once, drops it when
+            # the dead-letter queue cannot take it). RabbitMQ requires reject-publish with it.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def results_stream_arguments(self) -> dict[str, Any]:
+        """Stream queue: an append-only, replayable log of prediction events, kept by size+age."""
+        return {
+            "x-queue-type": "stream",
+            "x-max-length-bytes": self.results_stream_max_bytes,
+            "x-max-age": self.results_stream_max_age,
+            "x-stream-max-segment-size-bytes": self.results_stream_segment_bytes,
         }
 
     def _replication_arguments(self) -> dict[str, Any]:
@@ -95,8 +144,43 @@ class Topology:
                 f"(e.g. {self.requests_queue!r} with another x-delivery-limit or queue type). "
                 "Queue arguments cannot change in place: drain and delete the queue "
                 "(rabbitmqctl delete_queue NAME), or set CREDITSTREAM_REQUESTS_QUEUE to a new "
-                "name, or keep the old value of CREDITSTREAM_DELIVERY_LIMIT."
+                "name, or keep the old value of CREDITSTREAM_DELIVERY_LIMIT. A requests queue "
+                "declared before x-dead-letter-strategy=at-least-once and "
+                "x-overflow=reject-publish were added needs the same: drain it (stop the "
+                "producers, let the old consumers empty it) and delete it."
             ) from exc
+
+    def _declare_requests_queue(self, channel: BlockingChannel) -> None:
+        """Declare the requests queue; accept one declared before the at-least-once arguments.
+
+        NOTE: a refused declare closes its channel, so it is tried on channels of its own.
+        """
+        arguments = self.requests_queue_arguments()
+        connection = channel.connection
+        attempt = connection.channel()
+        try:
+            attempt.queue_declare(self.requests_queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED or not any(
+                name in exc.reply_text for name in _ADDED_REQUESTS_ARGUMENTS
+            ):
+                raise
+            previous = {k: v for k, v in arguments.items() if k not in _ADDED_REQUESTS_ARGUMENTS}
+            fallback = connection.channel()
+            # any other difference raises here (406: TopologyMismatchError)
+            fallback.queue_declare(self.requests_queue, durable=True, arguments=previous)
+            fallback.close()
+            log.warning(
+                "requests queue %r was declared by an earlier creditstream without "
+                "x-dead-letter-strategy=at-least-once: messages past the delivery limit are "
+                "dead-lettered at-most-once (dropped if the dead-letter queue cannot take them). "
+                "Drain and delete the queue (or move to a new CREDITSTREAM_REQUESTS_QUEUE) to "
+                "upgrade.",
+                self.requests_queue,
+            )
+        finally:
+            if attempt.is_open:
+                attempt.close()
 
     def _declare(self, channel: BlockingChannel) -> None:
         channel.exchange_declare(self.requests_exchange, exchange_type="direct", durable=True)
@@ -108,12 +192,53 @@ class Topology:
             arguments={"x-queue-type": "quorum", **self._replication_arguments()},
         )
         channel.queue_bind(self.dead_letter_queue, self.dead_letter_exchange)
-        channel.queue_declare(
-            self.requests_queue, durable=True, arguments=self.requests_queue_arguments()
-        )
+        self._declare_requests_queue(channel)
         channel.queue_bind(
             self.requests_queue, self.requests_exchange, routing_key=REQUEST_ROUTING_KEY
         )
+        channel.queue_declare(
+            self.retry_queue, durable=True, arguments=self.retry_queue_arguments()
+        )
+        if self.results_stream:
+            self._declare_results_stream(channel.connection)
+
+    def _declare_results_stream(self, connection: Any) -> None:
+        """The stream bound to the predictions exchange (without it, the fanout exchange
+        confirms every event and drops it).
+
+        NOTE: on a channel of its own: a stream declared earlier with other retention is
+        refused (PRECONDITION_FAILED closes the channel); that must not stop anyone serving.
+        Retention cannot change in place: the stream keeps its own, with a warning (change it
+        with a RabbitMQ policy: max-age, max-length-bytes, stream-max-segment-size-bytes).
+        """
+        stream = connection.channel()
+        try:
+            stream.queue_declare(
+                self.results_stream, durable=True, arguments=self.results_stream_arguments()
+            )
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            log.warning(
+                "results stream %s exists with other retention (%s); keeping it: change "
+                "retention with a policy (max-age, max-length-bytes), or use a new stream name",
+                self.results_stream,
+                exc.reply_text,
+            )
+            stream = connection.channel()
+            stream.queue_declare(self.results_stream, passive=True)
+        stream.queue_bind(self.results_stream, self.predictions_exchange)
+        stream.close()
+
+
+# Requests-queue arguments added after the first release: a queue declared without them
+# keeps working (with a warning); any other difference is a TopologyMismatchError.
+_ADDED_REQUESTS_ARGUMENTS: Final = ("x-dead-letter-strategy", "x-overflow")
+
+
+def retry_queue_name(requests_queue: str, delay_ms: int) -> str:
+    """The retry queue of a requests queue for one delay."""
+    return f"{requests_queue}.retry-{delay_ms}ms"
 
 
 def isolated_names(prefix: str) -> dict[str, str]:
@@ -124,6 +249,7 @@ def isolated_names(prefix: str) -> dict[str, str]:
         "dead_letter_exchange": f"{prefix}.dead",
         "dead_letter_queue": f"{prefix}.dead",
         "predictions_exchange": f"{prefix}.predictions",
+        "results_stream": f"{prefix}.results",
     }
 
 
@@ -174,7 +300,13 @@ def delete_topology(settings: Settings) -> None:
         log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)
         return
     try:
-        for queue in (settings.requests_queue, settings.dead_letter_queue):
+        retry = retry_queue_name(settings.requests_queue, settings.retry_delay_ms)
+        for queue in (
+            settings.requests_queue,
+            settings.dead_letter_queue,
+            retry,
+            settings.results_stream,
+        ):
             with contextlib.suppress(pika.exceptions.AMQPError):
                 connection.channel().queue_delete(queue)
         for exchange in (

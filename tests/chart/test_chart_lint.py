@@ -110,6 +110,22 @@ REJECTED = [
     pytest.param(("consumer.queueName=",), "queueName", id="schema-empty-queue-name"),
     pytest.param(("rabbitmq.auth.secretKeys.amqpUrl=",), "amqpUrl", id="schema-empty-secret-key"),
     pytest.param(("consumer.unknownKnob=1",), "unknownKnob", id="schema-unknown-key"),
+    pytest.param(
+        ("consumer.prefetch=1024", "consumer.maxBodyBytes=1048576"),
+        "consumer.prefetch x consumer.maxBodyBytes",
+        id="deliveries-in-hand-over-the-memory-limit",
+    ),
+    pytest.param(
+        ("consumer.resources.limits.memory=128Mi",),
+        "consumer.prefetch x consumer.maxBodyBytes",
+        id="memory-limit-too-small-for-the-prefetch",
+    ),
+    pytest.param(
+        ("resultsStream.segmentBytes=2000000000",),
+        "must be below resultsStream.maxBytes",
+        id="results-stream-segment-above-retention",
+    ),
+    pytest.param(("resultsStream.maxAge=7days",), "maxAge", id="schema-results-stream-max-age"),
 ]
 
 

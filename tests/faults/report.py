@@ -50,6 +50,32 @@ def _faults(run: dict[str, Any]) -> str:
             f"memory alarm (connection.blocked: {run['blocked_notice']}); backlog "
             f"{run['backlog_messages']:,}; peak RSS {peaks} (budget {run['memory_budget_mib']} MiB)"
         )
+    if test == "memory-alarm" and "reply_seconds_after_clear" in run:
+        return (
+            f"memory alarm while a caller waited on reply_to: request stored and acked "
+            f"{run['acked_seconds_during_alarm']} s into the alarm, no reply during it (3 s "
+            f"checked), reply {run['reply_seconds_after_clear']} s after it cleared"
+        )
+    if test == "memory-alarm" and "bad_records" in run:
+        return (
+            f"memory alarm while 1 consumer drained {run['records']:,} good + "
+            f"{run['bad_records']} malformed messages: {run['acked_during_alarm']:,} acked in "
+            f"{run['drain_seconds_during_alarm']} s during the alarm, "
+            f"{run['dead_letters_during_alarm']} dead letters published meanwhile, "
+            f"{run['dead_letters_after']} after it cleared"
+        )
+    if test == "memory-alarm":
+        return (
+            f"memory alarm while {run['consumers']} consumer drained a backlog of "
+            f"{run['records']:,}: {run['stored_during_alarm']:,} stored and "
+            f"{run.get('acked_during_alarm', 0):,} acked in "
+            f"{run['drain_seconds_during_alarm']} s during the alarm, "
+            f"{run['events_in_stream_during_alarm']:,} events in the results stream meanwhile; "
+            f"after it cleared {run['events_in_stream_after']:,} events "
+            f"({run['distinct_events_after']:,} distinct) within "
+            f"{run['seconds_until_events_after_clear']} s; watermark after "
+            f"{run['watermark_after']}"
+        )
     if test == "security-credentials":
         return (
             f"{run['secrets_searched']} secrets searched in {run['log_bytes_scanned']:,} bytes "
@@ -61,6 +87,13 @@ def _faults(run: dict[str, Any]) -> str:
         return (
             f"{run['messages']:,} fuzzed bodies into a `creditstream consume` process; "
             f"{len(run['reasons'])} reject reasons, as the codec predicted"
+        )
+    if test == "id-fuzz-through-consumer-on-postgresql":
+        return (
+            f"{run['messages']:,} messages with NUL, lone-surrogate, 255-byte, non-UTF-8, RTL "
+            f"and combining-character ids into a consumer on PostgreSQL; "
+            f"{run['stored']:,} stored of {run['expected_stored']:,} expected; reasons "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(run['reasons'].items()))}"
         )
     if test == "fuzz":
         return (

@@ -71,7 +71,8 @@ def test_connections_closed_twice_everyone_reconnects_and_results_are_exactly_on
         settings,
         "producer",
     )
-    everyone = {"creditstream-producer": 1, "creditstream-consumer": 2}
+    # NOTE: each consumer also has its outbox relay's publishing connection.
+    everyone = {"creditstream-producer": 1, "creditstream-consumer": 2, "creditstream-relay": 2}
     closed_rounds: list[list[str]] = []
     for fraction in run.closes_at:
         # Cut points in time (the producer is paced): mid-stream for producer and consumers.
@@ -115,7 +116,7 @@ def test_connections_closed_twice_everyone_reconnects_and_results_are_exactly_on
         seconds=round(elapsed, 1),
     )
     for closed in closed_rounds:
-        assert _components(dict(enumerate(closed))) == everyone, "all three were cut"
+        assert _components(dict(enumerate(closed))) == everyone, "all five were cut"
     assert confirmed == n
     assert producer_reconnects >= len(run.closes_at), "the producer reconnected after each cut"
     assert all(r >= len(run.closes_at) for r in consumer_reconnects), consumer_reconnects

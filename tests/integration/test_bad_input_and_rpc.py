@@ -226,7 +226,7 @@ class FailsOnRecord:
 def test_message_failing_for_a_non_input_reason_stops_at_the_delivery_limit(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings(delivery_limit=3, batch_timeout_ms=50)
+    settings = make_settings(delivery_limit=3, batch_timeout_ms=50, retry_delay_ms=200)
     scorer = FailsOnRecord(OnnxScorer.from_settings(settings), poison_limit_bal=777_000)
     store = ResultsStore.from_settings(settings)
     consumer = Consumer(settings, scorer, store)
@@ -248,9 +248,9 @@ def test_message_failing_for_a_non_input_reason_stops_at_the_delivery_limit(
     assert len(dead) == 1
     headers, body = dead[0]
     assert json.loads(body)["ID"] == 3
-    death = headers["x-death"][0]
-    assert death["reason"] == "delivery_limit"
-    # delivered 1 + 3 redeliveries, then the broker dead-letters it: no endless loop.
-    assert scorer.failures <= 2 * (settings.delivery_limit + 1)
+    assert headers[REASON_HEADER] == "scoring-failed"
+    # `delivery_limit` attempts, spaced by the retry queue, then dead-lettered: no endless loop.
+    assert scorer.failures <= 2 * settings.delivery_limit
     assert sorted(record_id for _, record_id, _ in stored_rows(settings)) == ["1", "2", "4"]
-    assert consumer.metrics.scoring_failures._value.get() == settings.delivery_limit + 1
+    assert consumer.metrics.scoring_failures._value.get() == settings.delivery_limit
+    assert consumer.metrics.retried._value.get() == settings.delivery_limit - 1

@@ -31,7 +31,7 @@ from tests.helpers import AMQP_URL, PG_URL
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 EXCHANGES = ("requests_exchange", "dead_letter_exchange", "predictions_exchange")
-QUEUES = ("requests_queue", "dead_letter_queue")
+QUEUES = ("requests_queue", "dead_letter_queue", "results_stream")
 
 
 @pytest.fixture

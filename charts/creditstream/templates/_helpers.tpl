@@ -201,6 +201,19 @@ host's memory, not the cgroup limit, so a relative one can sit above the limit (
 {{- end -}}
 {{- end -}}
 
+{{/*
+The consumer's memory budget for deliveries in hand (CREDITSTREAM_MEMORY_BUDGET_BYTES):
+consumer.memoryBudgetFraction x the consumer container's memory limit, in bytes ("" when the
+limit is unset).
+*/}}
+{{- define "creditstream.consumer.memoryBudgetBytes" -}}
+{{- $resources := default .Values.resources .Values.consumer.resources -}}
+{{- $limit := include "creditstream.quantityBytes" (dig "limits" "memory" "" $resources) -}}
+{{- if $limit -}}
+{{- printf "%d" (int64 (floor (mulf (float64 $limit) .Values.consumer.memoryBudgetFraction))) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ---- database ---------------------------------------------------------------------------- */}}
 {{- define "creditstream.postgresql.fullname" -}}
 {{- printf "%s-postgresql" (include "creditstream.fullname" .) | trunc 63 | trimSuffix "-" -}}
@@ -264,7 +277,7 @@ the chart's to see).
 
 {{/* Env vars the chart manages; extraEnv may not redefine them. */}}
 {{- define "creditstream.managedEnv" -}}
-CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH
+CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_MAX_BODY_BYTES CREDITSTREAM_MEMORY_BUDGET_BYTES CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH CREDITSTREAM_RESULTS_STREAM CREDITSTREAM_RESULTS_STREAM_MAX_BYTES CREDITSTREAM_RESULTS_STREAM_MAX_AGE CREDITSTREAM_RESULTS_STREAM_SEGMENT_BYTES
 {{- end -}}
 
 {{/* Env shared by every creditstream container: broker URLs by secretKeyRef + settings ConfigMap. */}}
