@@ -25,6 +25,15 @@ def by_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
     return [d for d in docs if d.get("kind") == kind]
 
 
+def component(docs: Iterable[Doc], kind: str, name: str) -> list[Doc]:
+    """Objects of one kind labelled app.kubernetes.io/component=name (e.g. consumer, relay)."""
+    return [
+        d
+        for d in by_kind(docs, kind)
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == name
+    ]
+
+
 def find(docs: Iterable[Doc], kind: str, name: str) -> Doc | None:
     """The object of this kind and name, if rendered."""
     return next((d for d in by_kind(docs, kind) if d["metadata"]["name"] == name), None)
