@@ -84,6 +84,7 @@ def docs(helm_binaries: dict[str, Path], http_port: int) -> Docs:
             f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
             "producer.rate=0",
             f"consumer.httpPort={http_port}",
+            f"relay.httpPort={free_port()}",
             "logFormat=json",
         ),
     )
@@ -275,7 +276,12 @@ def test_rendered_relay_publishes_a_stopped_consumers_outbox(
         assert store.outbox_backlog()[0] == 1
     finally:
         store.dispose()
-    assert read_results_stream(settings, idle_s=0.5) == []
+
+    def relayed() -> list[str]:  # NOTE: the module's vhost also holds the end-to-end run's
+        events = read_results_stream(settings, idle_s=0.5)
+        return sorted(e["request_id"] for e in events if e["request_id"].startswith("relay-"))
+
+    assert relayed() == []
 
     log = (tmp_path / "relay.log").open("w")
     process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -285,7 +291,7 @@ def test_rendered_relay_publishes_a_stopped_consumers_outbox(
         _wait_http(base + container["readinessProbe"]["httpGet"]["path"], timeout=60)
         _wait_http(base + container["livenessProbe"]["httpGet"]["path"], timeout=5)
         wait_until(
-            lambda: len(read_results_stream(settings, idle_s=0.5)) >= 5,
+            lambda: len(relayed()) >= 5,
             timeout=60,
             interval=1,
             message="the relay published the stopped consumer's events",
@@ -299,8 +305,7 @@ def test_rendered_relay_publishes_a_stopped_consumers_outbox(
             process.kill()
             code = process.wait()
         log.close()
-    events = read_results_stream(settings, idle_s=0.5)
-    assert sorted(e["request_id"] for e in events) == [f"relay-{i}" for i in range(5)]
+    assert relayed() == [f"relay-{i}" for i in range(5)]
     store = ResultsStore.from_settings(settings)
     try:
         assert store.outbox_backlog()[0] == 0

@@ -331,7 +331,7 @@ and, for the consumer, the database; call with (dict "ctx" $ "component" "consum
 */}}
 {{- define "creditstream.clientNetworkPolicy" -}}
 {{- $v := .ctx.Values -}}
-# {{ .component }}: egress only to DNS, the broker{{ if eq .component "consumer" }} and the database{{ end }}.
+# {{ .component }}: egress only to DNS, the broker{{ if has .component (list "consumer" "relay") }} and the database{{ end }}.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -380,7 +380,7 @@ spec:
             cidr: {{ . }}
       {{- end }}
     {{- end }}
-    {{- if eq .component "consumer" }}
+    {{- if has .component (list "consumer" "relay") }}
     {{- if $v.postgresql.enabled }}
     - to:
         - podSelector:
@@ -403,4 +403,12 @@ spec:
         - port: 443
         - port: 80
     {{- end }}
+{{- end -}}
+
+{{/*
+The relay Deployment renders with relay.enabled and a shared database: with the default SQLite
+store every consumer pod has its own file (and outbox) on an emptyDir no other pod can read.
+*/}}
+{{- define "creditstream.relay.enabled" -}}
+{{- and .Values.relay.enabled (ne (include "creditstream.database.sqlite" .) "true") -}}
 {{- end -}}
