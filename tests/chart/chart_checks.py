@@ -17,6 +17,7 @@ POD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet", "Pod
 SETTINGS_QUEUE_ENV = "CREDITSTREAM_REQUESTS_QUEUE"
 DEFAULT_REQUESTS_QUEUE = "creditstream.requests"  # Settings.requests_queue default
 WORST_BATCH_ANNOTATION = "creditstream.io/worst-batch-seconds"
+RELAY_FLUSH_SECONDS = 5.0  # OutboxRelay.stop(timeout_s) default
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 
@@ -256,7 +257,14 @@ def trigger_auth_problems(docs: list[Doc]) -> list[str]:
 def grace_period_problems(docs: list[Doc]) -> list[str]:
     """terminationGracePeriodSeconds must exceed the worst batch time plus the batch timeout."""
     problems = []
-    for deployment in by_kind(docs, "Deployment"):
+    for deployment in component(docs, "Deployment", "relay"):
+        grace = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)  # type: ignore[union-attr]
+        if grace <= RELAY_FLUSH_SECONDS:
+            problems.append(
+                f"Deployment {deployment['metadata']['name']}: terminationGracePeriodSeconds "
+                f"{grace} <= the relay's {RELAY_FLUSH_SECONDS} s flush on stop"
+            )
+    for deployment in component(docs, "Deployment", "consumer"):
         name = deployment["metadata"]["name"]
         worst = deployment["metadata"].get("annotations", {}).get(WORST_BATCH_ANNOTATION)
         if worst is None:

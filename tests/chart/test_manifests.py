@@ -19,6 +19,7 @@ import render_manifests
 import yaml
 from chart_checks import (
     by_kind,
+    component,
     grace_period_problems,
     plain_credential_problems,
     probe_problems,
@@ -279,9 +280,9 @@ def test_every_secret_reference_resolves(rendered_docs: dict[str, Docs], case: V
 
 
 def test_autoscaling_off_gives_a_fixed_replica_count(rendered_docs: dict[str, Docs]) -> None:
-    (deployment,) = by_kind(rendered_docs["autoscaling-off"], "Deployment")
+    (deployment,) = component(rendered_docs["autoscaling-off"], "Deployment", "consumer")
     assert deployment["spec"]["replicas"] == 3
-    (deployment,) = by_kind(rendered_docs["defaults"], "Deployment")
+    (deployment,) = component(rendered_docs["defaults"], "Deployment", "consumer")
     assert "replicas" not in deployment["spec"]
 
 
