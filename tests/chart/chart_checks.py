@@ -314,3 +314,28 @@ def probe_problems(docs: list[Doc]) -> list[str]:
                         f"process serves {port}"
                     )
     return problems
+
+
+def outbox_relay_problems(docs: list[Doc]) -> list[str]:
+    """Consumers that KEDA may scale to zero need a relay Deployment beside them (review-outbox
+    #2): otherwise committed events wait in the outbox for the next request. Exempt: the
+    per-pod SQLite store (a `results` emptyDir), whose outbox no other pod can read."""
+    problems = []
+    for scaled, deployment in scaled_deployments(docs):
+        if deployment is None or scaled["spec"].get("minReplicaCount", 0) != 0:
+            continue
+        volumes = {v["name"]: v for v in (pod_spec(deployment) or {}).get("volumes", [])}
+        if "emptyDir" in volumes.get("results", {}):
+            continue
+        relays = [
+            d
+            for d in component(docs, "Deployment", "relay")
+            if d["spec"].get("replicas", 1) >= 1
+            and any(c.get("args") == ["relay"] for c in containers(d, init=False))
+        ]
+        if not relays:
+            problems.append(
+                f"Deployment {deployment['metadata']['name']} scales to zero but no relay "
+                "Deployment (`creditstream relay`, replicas >= 1) publishes the outbox meanwhile"
+            )
+    return problems
