@@ -19,6 +19,11 @@ from typing import Any
 import pytest
 
 from creditstream.harness import postgres_schema
+from creditstream.harness.broker_cluster import (
+    BrokerCluster,
+    ClusterError,
+    rabbitmq_server_missing,
+)
 from creditstream.settings import Settings
 from creditstream.topology import delete_topology, isolated_names
 from tests.helpers import AMQP_URL, MODELS, PG_URL, Processes, data_path_or_skip
@@ -106,3 +111,45 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield manager
     finally:
         manager.stop_all()
+
+
+# NOTE: short, so that a paused node is taken for cut off within seconds (fault tests); 2 cores
+# shared with other work still keep up with a 10 s tick (4 ticks of 2.5 s before a node is lost).
+CLUSTER_NET_TICKTIME_S = 10
+
+
+@pytest.fixture(scope="module")
+def broker_cluster() -> Iterator[BrokerCluster]:
+    """Three local RabbitMQ nodes in one cluster (ports 5673-5675) for one test module;
+    stopped, with nothing left running, in `finally`."""
+    if rabbitmq_server_missing():
+        pytest.skip("rabbitmq-server is not installed: the cluster tests start its nodes")
+    cluster = BrokerCluster(net_ticktime_s=CLUSTER_NET_TICKTIME_S)
+    refuse_a_foreign_cluster(cluster)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+        assert not cluster.leftovers(), cluster.leftovers()
+
+
+def refuse_a_foreign_cluster(cluster: BrokerCluster) -> None:
+    """Fail when a local cluster runs already (`make broker-cluster-up`, another test run):
+    the tests would kill, pause and finally remove nodes that are not theirs."""
+    if cluster.leftovers():
+        pytest.fail(
+            f"a local RabbitMQ cluster is running already ({cluster.leftovers()}); the cluster "
+            "tests start their own: `make broker-cluster-down` first"
+        )
+
+
+def cluster_ready(cluster: BrokerCluster) -> None:
+    """Every node running and clustered again (after a test restarted or paused one)."""
+    for node in cluster.nodes:
+        if node.pid() is None:
+            cluster.start_node(node)
+    try:
+        cluster.await_cluster(180)
+    except ClusterError as exc:
+        pytest.fail(f"the cluster did not recover: {exc}")

@@ -681,7 +681,7 @@ def observe(
     import sys
     from datetime import datetime
 
-    from creditstream.autoscale.queue_depth import ManagementApiReader, QueueDepthError
+    from creditstream.autoscale.queue_depth import QueueDepthError, management_reader
     from creditstream.observe import run_observe
     from creditstream.settings import REPO_ROOT
 
@@ -690,9 +690,7 @@ def observe(
     )
     reader = None
     if settings.management_url is not None:
-        reader = ManagementApiReader(
-            settings.management_url.get_secret_value(), settings.requests_queue
-        )
+        reader = management_reader(settings.management_urls, settings.requests_queue)
 
     def read_depth() -> Any:
         if reader is None:

@@ -104,6 +104,11 @@ class OutboxRelay:
         threading.Thread(target=self._watch_backlog, name="outbox-gauges", daemon=True).start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        """The relay's thread runs (False before start and after it died or stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _watch_backlog(self) -> None:
         while not self._stop.wait(max(self.settings.outbox_poll_s, 1.0) * 5):
             self._report_backlog()
@@ -358,7 +363,9 @@ def run_relay(settings: Settings) -> int:
     from creditstream.store import ResultsStore
 
     metrics, health = ConsumerMetrics(), HealthState()
-    health.model_loaded = health.broker_connected = health.store_ok = True
+    # NOTE: /readyz = the relay's publishing connection is open; /healthz = its thread lives
+    # (a publish blocked by an alarm is alive: the kubelet must not restart it for that).
+    health.model_loaded = health.store_ok = True
     server = None
     if settings.http_port:
         server = HealthServer.from_settings(settings, health, metrics).start()
@@ -375,7 +382,9 @@ def run_relay(settings: Settings) -> int:
     relay.start()
     try:
         while not stopping.is_set():
-            health.beat()
+            health.broker_connected = health.events_relay_connected
+            if relay.alive:
+                health.beat()
             time.sleep(0.2)
     finally:
         relay.stop()

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_MAX_NACK_RETRIES = 3
 _PUBLISH_SLICE = 256  # publishes per ioloop turn, so confirms are read in between
 # NOTE: after a stop request, confirms still outstanding get this long (the chart gives a pod
 # 30 s or more after SIGTERM); what stays unconfirmed is reported and republished, same ids,
@@ -61,6 +60,7 @@ class OutgoingMessage:
     body: bytes
     n_records: int
     attempts: int = 0
+    nacked_since: float | None = None
 
 
 def build_messages(
@@ -162,6 +162,8 @@ class _State:
     fresh_records: int = 0
     fresh_messages: int = 0
     gave_up: list[OutgoingMessage] = field(default_factory=list)
+    nack_delay: float = 0.0
+    nack_pause_until: float = 0.0
 
 
 class ConfirmingPublisher:
@@ -217,7 +219,11 @@ class ConfirmingPublisher:
                 return self._finish_report(started, "SIGTERM")
             progress_before = self.report.records
             self._connection = pika.SelectConnection(
-                connection_parameters(self.settings, name="creditstream-producer"),
+                # NOTE: one node per connection (SelectConnection takes one parameter set):
+                # after each lost connection the producer moves on to the next node.
+                connection_parameters(
+                    self.settings, name="creditstream-producer", index=self.report.reconnects
+                ),
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_connection_failed,
                 on_close_callback=self._on_connection_closed,
@@ -343,6 +349,10 @@ class ConfirmingPublisher:
         state, channel = self._state, self._channel
         if channel is None or not channel.is_open or state.blocked or state.finished:
             return
+        paused = state.nack_pause_until - time.monotonic()
+        if paused > 0:
+            self._schedule(paused)
+            return
         window = self.settings.confirm_window
         for _ in range(_PUBLISH_SLICE):
             if len(state.in_flight) >= window:
@@ -403,18 +413,33 @@ class ConfirmingPublisher:
             self.report.records += records
             self.report.messages += len(settled)
             self._on_confirmed(records)
-        else:
+            state.nack_delay = 0.0
+        elif settled:
+            # NOTE: a nack is the broker refusing for now (a quorum queue electing a new
+            # leader after a node loss takes seconds): retry with backoff, and give a message
+            # up only after it has been refused for broker_wait_s, not after a few instant
+            # retries that all land inside the election.
+            now = time.monotonic()
             for message in settled:
-                if message.attempts > _MAX_NACK_RETRIES:
+                message.nacked_since = message.nacked_since or now
+                if now - message.nacked_since > self.settings.broker_wait_s:
                     log.error(
-                        "message %s nacked %d times; giving up on it",
+                        "message %s nacked for %.0fs (%d attempts); giving up on it",
                         message.message_id,
+                        now - message.nacked_since,
                         message.attempts,
                     )
                     state.gave_up.append(message)
                 else:
                     state.retry.append(message)
                     self.report.republished += 1
+            state.nack_delay = min(max(0.2, state.nack_delay * 2), self.settings.reconnect_max_s)
+            state.nack_pause_until = now + state.nack_delay
+            log.warning(
+                "broker nacked %d message(s); publishing again in %.1fs",
+                len(settled),
+                state.nack_delay,
+            )
         self._publish_more()
         self._finish_if_done()
 

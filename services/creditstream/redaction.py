@@ -26,7 +26,12 @@ _MIN_LITERAL = 4
 _URL_DELIMITERS = re.compile(r"[/@:?#]")
 # scheme:// then the rest of the token (no whitespace). The user-info ends at the token's last
 # `@`: URL parsers split at the first `/`, which leaves a raw `/` in a password exposed.
-_URL = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<rest>[^\s]+)", re.IGNORECASE)
+# A comma followed by another scheme:// ends the token too: a comma-separated URL list
+# (CREDITSTREAM_AMQP_URL for a cluster) is one URL per node, each with its own credentials.
+_URL = re.compile(
+    r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)(?P<rest>(?:(?!,\s*[a-z][a-z0-9+.-]*://)\S)+)",
+    re.IGNORECASE,
+)
 _SECRET_KEYS = r"password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|sslpassword"
 _SECRET_PAIR = re.compile(
     rf"(?P<key>(?<![A-Za-z0-9_])(?:{_SECRET_KEYS})\s*=\s*)(?P<value>[^&\s;,'\"]+)", re.IGNORECASE

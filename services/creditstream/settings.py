@@ -40,12 +40,15 @@ class Settings(BaseSettings):
     # --- broker -----------------------------------------------------------------------------
     amqp_url: SecretStr = Field(
         SecretStr("amqp://guest:guest@localhost:5672/"),
-        description="AMQP URL of RabbitMQ (amqps:// for TLS). Secret: never logged.",
+        description="AMQP URL of RabbitMQ (amqps:// for TLS), or a comma-separated list of "
+        "them, one per cluster node: clients connect to one and fail over to the others. "
+        "Secret: never logged.",
     )
     management_url: SecretStr | None = Field(
         None,
-        description="RabbitMQ management API base URL (http://user:pass@host:15672); used to "
-        "count ready + unacked messages. Derived from amqp_url when unset.",
+        description="RabbitMQ management API base URL (http://user:pass@host:15672), or a "
+        "comma-separated list (one per cluster node, tried in turn); used to count ready + "
+        "unacked messages. Derived from amqp_url (each URL, port 15672) when unset.",
     )
     requests_exchange: str = Field(
         "creditstream.requests", description="Exchange producers publish to."
@@ -93,6 +96,14 @@ class Settings(BaseSettings):
         description="Quorum-queue x-delivery-limit: deliveries returned (nack, consumer crash) "
         "before the broker dead-letters a message. Changing it on an existing queue needs a "
         "policy.",
+    )
+    quorum_initial_group_size: int | None = Field(
+        None,
+        ge=1,
+        description="x-quorum-initial-group-size of the quorum queues: members (nodes) each "
+        "queue gets when declared (None: RabbitMQ's default, quorum_cluster_size = 3, at most "
+        "every node). Changing it "
+        "on an existing queue needs a new queue.",
     )
     retry_delay_ms: int = Field(
         1000,
@@ -335,19 +346,22 @@ class Settings(BaseSettings):
     @field_validator("amqp_url")
     @classmethod
     def _check_amqp_url(cls, value: SecretStr) -> SecretStr:
-        url = value.get_secret_value()
-        userinfo = _check_url(url, {"amqp", "amqps"})
-        if userinfo and ":" not in userinfo:
-            raise ValueError("names a user without a password (amqp://user:password@host/)")
-        import pika
-
-        try:
-            pika.URLParameters(url)
-        except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
-            from creditstream.redaction import Redactor, secrets_in_url
-
-            detail = Redactor(secrets_in_url(url))(f"{type(exc).__name__}: {exc}")
-            raise ValueError(f"pika cannot use it ({detail})") from None
+        urls = split_amqp_urls(value.get_secret_value())
+        if not urls or any(not url for url in urls):
+            raise ValueError("an empty URL in the list (amqp://host1/,amqp://host2/)")
+        # NOTE: a raw comma in a password or vhost splits a URL in two; say so before pika
+        # quotes a piece of the password in its error.
+        if len(urls) > 1 and not all(re.match(r"[a-z][a-z0-9+.-]*://", url, re.I) for url in urls):
+            raise ValueError(
+                "a comma-separated list of amqp:// URLs, one per node; a comma inside a "
+                "password or vhost must be percent-encoded (%2C)"
+            )
+        for position, url in enumerate(urls, 1):
+            where = f"URL {position} of {len(urls)}: " if len(urls) > 1 else ""
+            try:
+                _check_amqp(url)
+            except ValueError as exc:
+                raise ValueError(f"{where}{exc}") from None
         return value
 
     @field_validator("run_id")
@@ -409,7 +423,15 @@ class Settings(BaseSettings):
     @classmethod
     def _check_management_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            _check_url(value.get_secret_value(), {"http", "https"})
+            urls = split_amqp_urls(value.get_secret_value())
+            for position, url in enumerate(urls, 1):
+                where = f"URL {position} of {len(urls)}: " if len(urls) > 1 else ""
+                try:
+                    if not url:
+                        raise ValueError("an empty URL in the list")
+                    _check_url(url, {"http", "https"})
+                except ValueError as exc:
+                    raise ValueError(f"{where}{exc}") from None
         return value
 
     @classmethod
@@ -420,6 +442,20 @@ class Settings(BaseSettings):
             for name, info in cls.model_fields.items()
             if SecretStr in (info.annotation, *get_args(info.annotation))
         ]
+
+    @property
+    def amqp_urls(self) -> list[str]:
+        """The AMQP URLs (secrets revealed), one per broker node, in the given order."""
+        return split_amqp_urls(self.amqp_url.get_secret_value())
+
+    @property
+    def management_urls(self) -> list[str]:
+        """Management API URLs (secrets revealed): the given list, or one per AMQP URL."""
+        if self.management_url is not None:
+            return split_amqp_urls(self.management_url.get_secret_value())
+        from creditstream.autoscale.queue_depth import management_url_from_amqp
+
+        return [management_url_from_amqp(url) for url in self.amqp_urls]
 
     @property
     def http_hosts(self) -> list[str]:
@@ -448,6 +484,31 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             env[f"CREDITSTREAM_{name.upper()}"] = str(value)
         return env
+
+
+def split_amqp_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated AMQP URL list, stripped (an empty entry stays empty).
+
+    NOTE: a comma cannot occur unescaped in a valid AMQP URL's user, password, host or vhost
+    (they are percent-encoded), so the comma is an unambiguous separator.
+    """
+    return [url.strip() for url in value.split(",")]
+
+
+def _check_amqp(url: str) -> None:
+    """Refuse one AMQP URL pika cannot use (without quoting it)."""
+    userinfo = _check_url(url, {"amqp", "amqps"})
+    if userinfo and ":" not in userinfo:
+        raise ValueError("names a user without a password (amqp://user:password@host/)")
+    import pika
+
+    try:
+        pika.URLParameters(url)
+    except Exception as exc:  # noqa: BLE001 - pika raises several kinds for a bad URL
+        from creditstream.redaction import Redactor, secrets_in_url
+
+        detail = Redactor(secrets_in_url(url))(f"{type(exc).__name__}: {exc}")
+        raise ValueError(f"pika cannot use it ({detail})") from None
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*", re.IGNORECASE)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pika
 import pika.exceptions
 
-from creditstream.broker import connection_parameters
+from creditstream.broker import connection_parameters_list
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
@@ -56,6 +56,7 @@ class Topology:
     dead_letter_queue: str
     predictions_exchange: str
     delivery_limit: int
+    initial_group_size: int | None = None
     retry_delay_ms: int = 1000
     dead_letter_max_bytes: int = 256 * 1024 * 1024
     dead_letter_max_messages: int = 1_000_000
@@ -75,6 +76,7 @@ class Topology:
             dead_letter_queue=settings.dead_letter_queue,
             predictions_exchange=settings.predictions_exchange,
             delivery_limit=settings.delivery_limit,
+            initial_group_size=settings.quorum_initial_group_size,
             retry_delay_ms=settings.retry_delay_ms,
             dead_letter_max_bytes=settings.dead_letter_max_bytes,
             dead_letter_max_messages=settings.dead_letter_max_messages,
@@ -105,6 +107,7 @@ class Topology:
             "x-dead-letter-routing-key": self.requests_queue,
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+            **self._replication_arguments(),
         }
 
     def requests_queue_arguments(self) -> dict[str, Any]:
@@ -119,6 +122,7 @@ class Topology:
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_letter_exchange,
             "x-dead-letter-routing-key": self.dead_letter_queue,
+            **self._replication_arguments(),
             # NOTE: at-least-once: a message past the delivery limit leaves the queue only
             # once the dead-letter queue confirmed it (the default, at-most-once, drops it when
             # the dead-letter queue cannot take it). RabbitMQ requires reject-publish with it.
@@ -139,6 +143,7 @@ class Topology:
             # NOTE: the byte bound counts bodies only, so the number is bounded too.
             "x-max-length": self.dead_letter_max_messages,
             "x-overflow": "reject-publish",
+            **self._replication_arguments(),
         }
 
     def results_stream_arguments(self) -> dict[str, Any]:
@@ -149,6 +154,12 @@ class Topology:
             "x-max-age": self.results_stream_max_age,
             "x-stream-max-segment-size-bytes": self.results_stream_segment_bytes,
         }
+
+    def _replication_arguments(self) -> dict[str, Any]:
+        """Members of each quorum queue (unset: every node of the cluster)."""
+        if self.initial_group_size is None:
+            return {}
+        return {"x-quorum-initial-group-size": self.initial_group_size}
 
     def declare(self, channel: BlockingChannel) -> None:
         """Declare every exchange, queue and binding; safe to repeat (same arguments)."""
@@ -338,7 +349,9 @@ def refuse_shared_names(settings: Settings, doing: str) -> None:
 
 def declare_topology(settings: Settings) -> None:
     """Declare the settings' exchanges and queues on a short-lived connection."""
-    connection = pika.BlockingConnection(connection_parameters(settings, name="creditstream-setup"))
+    connection = pika.BlockingConnection(
+        connection_parameters_list(settings, name="creditstream-setup")
+    )
     try:
         Topology.from_settings(settings).declare(connection.channel())
     finally:
@@ -354,7 +367,7 @@ def delete_topology(settings: Settings) -> None:
     refuse_shared_names(settings, "delete")
     try:
         connection = pika.BlockingConnection(
-            connection_parameters(settings, name="creditstream-teardown")
+            connection_parameters_list(settings, name="creditstream-teardown")
         )
     except pika.exceptions.AMQPError as exc:
         log.warning("could not connect to delete queues %s: %s", settings.requests_queue, exc)

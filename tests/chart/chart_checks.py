@@ -17,12 +17,22 @@ POD_KINDS = {"Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet", "Pod
 SETTINGS_QUEUE_ENV = "CREDITSTREAM_REQUESTS_QUEUE"
 DEFAULT_REQUESTS_QUEUE = "creditstream.requests"  # Settings.requests_queue default
 WORST_BATCH_ANNOTATION = "creditstream.io/worst-batch-seconds"
+RELAY_FLUSH_SECONDS = 5.0  # OutboxRelay.stop(timeout_s) default
 URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 
 def by_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
     """All objects of one kind."""
     return [d for d in docs if d.get("kind") == kind]
+
+
+def component(docs: Iterable[Doc], kind: str, name: str) -> list[Doc]:
+    """Objects of one kind labelled app.kubernetes.io/component=name (e.g. consumer, relay)."""
+    return [
+        d
+        for d in by_kind(docs, kind)
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == name
+    ]
 
 
 def find(docs: Iterable[Doc], kind: str, name: str) -> Doc | None:
@@ -247,7 +257,14 @@ def trigger_auth_problems(docs: list[Doc]) -> list[str]:
 def grace_period_problems(docs: list[Doc]) -> list[str]:
     """terminationGracePeriodSeconds must exceed the worst batch time plus the batch timeout."""
     problems = []
-    for deployment in by_kind(docs, "Deployment"):
+    for deployment in component(docs, "Deployment", "relay"):
+        grace = pod_spec(deployment).get("terminationGracePeriodSeconds", 30)  # type: ignore[union-attr]
+        if grace <= RELAY_FLUSH_SECONDS:
+            problems.append(
+                f"Deployment {deployment['metadata']['name']}: terminationGracePeriodSeconds "
+                f"{grace} <= the relay's {RELAY_FLUSH_SECONDS} s flush on stop"
+            )
+    for deployment in component(docs, "Deployment", "consumer"):
         name = deployment["metadata"]["name"]
         worst = deployment["metadata"].get("annotations", {}).get(WORST_BATCH_ANNOTATION)
         if worst is None:
@@ -296,4 +313,29 @@ def probe_problems(docs: list[Doc]) -> list[str]:
                         f"{where}: {probe} port {get['port']} -> {target} but the "
                         f"process serves {port}"
                     )
+    return problems
+
+
+def outbox_relay_problems(docs: list[Doc]) -> list[str]:
+    """Consumers that KEDA may scale to zero need a relay Deployment beside them (review-outbox
+    #2): otherwise committed events wait in the outbox for the next request. Exempt: the
+    per-pod SQLite store (a `results` emptyDir), whose outbox no other pod can read."""
+    problems = []
+    for scaled, deployment in scaled_deployments(docs):
+        if deployment is None or scaled["spec"].get("minReplicaCount", 0) != 0:
+            continue
+        volumes = {v["name"]: v for v in (pod_spec(deployment) or {}).get("volumes", [])}
+        if "emptyDir" in volumes.get("results", {}):
+            continue
+        relays = [
+            d
+            for d in component(docs, "Deployment", "relay")
+            if d["spec"].get("replicas", 1) >= 1
+            and any(c.get("args") == ["relay"] for c in containers(d, init=False))
+        ]
+        if not relays:
+            problems.append(
+                f"Deployment {deployment['metadata']['name']} scales to zero but no relay "
+                "Deployment (`creditstream relay`, replicas >= 1) publishes the outbox meanwhile"
+            )
     return problems

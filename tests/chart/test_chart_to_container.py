@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from chart_checks import by_kind
+from chart_checks import by_kind, component
 from pod_runner import Containers, run_spec
 
 from conftest import helm_template, parse_docs
@@ -221,7 +221,7 @@ def run_chart_in_containers(
     engine, refs = built_images
     port = free_port()
     docs = render(helm, iso, data_csv, records, rate, port, tmp_path)
-    (deployment,) = by_kind(docs, "Deployment")
+    (deployment,) = component(docs, "Deployment", "consumer")
     (job,) = by_kind(docs, "Job")
     (test_pod,) = by_kind(docs, "Pod")
     rendered = {

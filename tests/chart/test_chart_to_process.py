@@ -25,14 +25,17 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import requests
-from chart_checks import POD_IP, by_kind, containers, resolve_env, secret_data
+from chart_checks import POD_IP, by_kind, component, containers, resolve_env, secret_data
 
 from conftest import CHART, REPO_ROOT, helm_template, parse_docs
 from creditstream.harness import broker_vhost, postgres_database
 from creditstream.harness.processes import free_port
 from creditstream.harness.results import ResultsReader
 from creditstream.settings import Settings
-from tests.helpers import AMQP_URL, PG_URL
+from creditstream.store import ResultsStore
+from creditstream.topology import declare_topology
+from tests.helpers import AMQP_URL, PG_URL, read_results_stream, wait_until
+from tests.integration.test_results_stream import event_message, events_for
 
 pytestmark = [pytest.mark.chart, pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -81,6 +84,7 @@ def docs(helm_binaries: dict[str, Path], http_port: int) -> Docs:
             f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
             "producer.rate=0",
             f"consumer.httpPort={http_port}",
+            f"relay.httpPort={free_port()}",
             "logFormat=json",
         ),
     )
@@ -163,7 +167,7 @@ def _count_rows(isolation: dict[str, str]) -> int:
 def test_rendered_pods_run_end_to_end(
     docs: Docs, isolation: dict[str, str], http_port: int, tmp_path: Path
 ) -> None:
-    (deployment,) = by_kind(docs, "Deployment")
+    (deployment,) = component(docs, "Deployment", "consumer")
     (job,) = by_kind(docs, "Job")
     (test_pod,) = by_kind(docs, "Pod")
     consumer_argv, consumer_env = process_env(
@@ -240,3 +244,71 @@ def test_rendered_pods_run_end_to_end(
             code = consumer.wait()
         log.close()
     assert code == 0, (tmp_path / "consumer.log").read_text()[-3000:]
+
+
+def test_rendered_relay_publishes_a_stopped_consumers_outbox(
+    docs: Docs, isolation: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review-outbox #2: KEDA scales the consumers to zero once the queue is empty, so events
+    committed to the outbox but not yet published (an alarm-time drain) need a relay that
+    outlives them: the chart's relay Deployment, run as a process, publishes them."""
+    (scaled,) = by_kind(docs, "ScaledObject")
+    assert scaled["spec"]["minReplicaCount"] == 0  # the consumers may all be gone
+    relays = component(docs, "Deployment", "relay")
+    assert len(relays) == 1, "no relay Deployment: with 0 consumers nothing publishes the outbox"
+    (relay,) = relays
+    argv, env = process_env(
+        docs, relay, REPO_ROOT / "services" / "consumer" / "Dockerfile", isolation
+    )
+    for name in [n for n in os.environ if n.startswith("CREDITSTREAM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("CREDITSTREAM_"):
+            monkeypatch.setenv(name, value)
+    settings = Settings()
+    # NOTE: what a consumer leaves behind when it is stopped before its relay published:
+    # rows and their event committed in one transaction, nothing in the results stream.
+    store = ResultsStore.from_settings(settings)
+    try:
+        store.create_schema()
+        declare_topology(settings)
+        assert store.write(events_for("relay-", 5), event_message) == 5
+        assert store.outbox_backlog()[0] == 1
+    finally:
+        store.dispose()
+
+    def relayed() -> list[str]:  # NOTE: the module's vhost also holds the end-to-end run's
+        events = read_results_stream(settings, idle_s=0.5)
+        return sorted(e["request_id"] for e in events if e["request_id"].startswith("relay-"))
+
+    assert relayed() == []
+
+    log = (tmp_path / "relay.log").open("w")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        (container,) = relay["spec"]["template"]["spec"]["containers"]
+        base = f"http://127.0.0.1:{env['CREDITSTREAM_HTTP_PORT']}"
+        _wait_http(base + container["readinessProbe"]["httpGet"]["path"], timeout=60)
+        _wait_http(base + container["livenessProbe"]["httpGet"]["path"], timeout=5)
+        wait_until(
+            lambda: len(relayed()) >= 5,
+            timeout=60,
+            interval=1,
+            message="the relay published the stopped consumer's events",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        grace = relay["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        try:
+            code = process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        log.close()
+    assert relayed() == [f"relay-{i}" for i in range(5)]
+    store = ResultsStore.from_settings(settings)
+    try:
+        assert store.outbox_backlog()[0] == 0
+    finally:
+        store.dispose()
+    assert code == 0, (tmp_path / "relay.log").read_text()[-3000:]

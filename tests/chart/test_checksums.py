@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_checks import by_kind, secret_data
+from chart_checks import component, secret_data
 
 from conftest import CHART, helm_template, parse_docs
 
@@ -44,7 +44,7 @@ def pod_annotations(docs: Docs) -> dict[str, dict[str, str]]:
 
 
 def _consumer(docs: Docs) -> dict[str, str]:
-    (deployment,) = by_kind(docs, "Deployment")
+    (deployment,) = component(docs, "Deployment", "consumer")
     return pod_annotations([deployment])[deployment["metadata"]["name"]]
 
 

@@ -19,7 +19,9 @@ import render_manifests
 import yaml
 from chart_checks import (
     by_kind,
+    component,
     grace_period_problems,
+    outbox_relay_problems,
     plain_credential_problems,
     probe_problems,
     queue_name_problems,
@@ -261,6 +263,7 @@ CHECKS: list[Any] = [
     pytest.param(trigger_auth_problems, id="keda-host-from-secret"),
     pytest.param(grace_period_problems, id="grace-period-exceeds-batch"),
     pytest.param(probe_problems, id="probes-on-real-endpoints"),
+    pytest.param(outbox_relay_problems, id="relay-while-consumers-at-zero"),
 ]
 
 
@@ -279,9 +282,9 @@ def test_every_secret_reference_resolves(rendered_docs: dict[str, Docs], case: V
 
 
 def test_autoscaling_off_gives_a_fixed_replica_count(rendered_docs: dict[str, Docs]) -> None:
-    (deployment,) = by_kind(rendered_docs["autoscaling-off"], "Deployment")
+    (deployment,) = component(rendered_docs["autoscaling-off"], "Deployment", "consumer")
     assert deployment["spec"]["replicas"] == 3
-    (deployment,) = by_kind(rendered_docs["defaults"], "Deployment")
+    (deployment,) = component(rendered_docs["defaults"], "Deployment", "consumer")
     assert "replicas" not in deployment["spec"]
 
 
@@ -328,7 +331,14 @@ def test_security_defaults_on_every_pod(rendered_docs: dict[str, Docs]) -> None:
                 continue
             spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
             where = f"{case_id}: {doc['kind']} {doc['metadata']['name']}"
-            assert spec["automountServiceAccountToken"] is False, where
+            # NOTE: the one exception: a clustered broker's own account, for peer discovery
+            # (test_broker_cluster_chart.py checks it is the only one, with a get-endpoints Role)
+            clustered_broker = (
+                doc["kind"] == "StatefulSet"
+                and doc["metadata"]["name"].endswith("-rabbitmq")
+                and doc["spec"]["replicas"] > 1
+            )
+            assert spec["automountServiceAccountToken"] is (clustered_broker), where
             assert spec["securityContext"]["runAsNonRoot"] is True, where
             assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", where
             for container in spec["containers"] + spec.get("initContainers", []):
@@ -427,6 +437,10 @@ def _http_on_loopback(docs: Docs) -> None:
     container["env"] = [e for e in container["env"] if e["name"] != "CREDITSTREAM_HTTP_HOST"]
 
 
+def _drop_relay(docs: Docs) -> None:
+    docs[:] = [d for d in docs if d not in component(docs, "Deployment", "relay")]
+
+
 def _host_in_metadata(docs: Docs) -> None:
     metadata = by_kind(docs, "ScaledObject")[0]["spec"]["triggers"][0]["metadata"]
     metadata["host"] = "http://creditstream:s3cretpassword@broker:15672/"
@@ -475,6 +489,15 @@ def test_checks_catch_a_broken_manifest(
     assert any(expected in p for p in problems), problems
 
 
+def test_relay_check_catches_consumers_at_zero_without_a_relay(
+    rendered_docs: dict[str, Docs],
+) -> None:
+    """Review-outbox #2: PostgreSQL + scale to zero without a relay Deployment is caught."""
+    assert outbox_relay_problems(rendered_docs["postgresql"]) == []
+    problems = outbox_relay_problems(_post_render(rendered_docs["postgresql"], _drop_relay))
+    assert any("no relay Deployment" in p for p in problems), problems
+
+
 def test_credential_check_catches_a_password_in_extra_env(helm: Path) -> None:
     """A broken value: a URL with a password given as plain extraEnv is caught."""
     out = helm_template(
@@ -510,6 +533,7 @@ def test_rendered_manifests_pass_the_contract_checks() -> None:
         plain_credential_problems,
         grace_period_problems,
         probe_problems,
+        outbox_relay_problems,
     ):
         assert check(docs) == [], check.__name__
     assert secret_ref_problems(docs, {"creditstream-broker", "creditstream-database"}) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_checks import by_kind, expand_env_value
+from chart_checks import component, expand_env_value
 from pod_runner import UnsupportedField, run_spec
 
 from conftest import CASE_PARAMS, ValuesCase, effective_values, external_secrets
@@ -62,7 +62,7 @@ def test_a_field_the_runner_does_not_reproduce_is_refused(
     rendered_docs: dict[str, Docs], where: str, field: str, value: Any
 ) -> None:
     docs = copy.deepcopy(rendered_docs["defaults"])
-    (deployment,) = by_kind(docs, "Deployment")
+    (deployment,) = component(docs, "Deployment", "consumer")
     pod = deployment["spec"]["template"]["spec"]
     target = {
         "pod": pod,

@@ -25,6 +25,12 @@ def _faults(run: dict[str, Any]) -> str:
             f"reconnects: producer {run['producer_reconnects']}, consumers "
             f"{', '.join(str(int(r)) for r in run['consumer_reconnects'])}"
         )
+    if test.startswith("cluster-"):
+        return (
+            f"{run['nodes']}-node cluster: {run['faults']}; reconnects: producer "
+            f"{run['producer_reconnects']}, consumers "
+            f"{', '.join(str(int(r)) for r in run['consumer_reconnects'])}"
+        )
     if test == "database-outage":
         return (
             f"database refused connections for {run['outage_seconds']} s "
@@ -135,22 +141,42 @@ def render(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+CLUSTER_START, CLUSTER_END = "<!-- cluster-figures:start -->", "<!-- cluster-figures:end -->"
+
+
+def _replace_block(text: str, start: str, end: str, table: str) -> str | None:
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        return None
+    return pattern.sub(lambda _m: f"{start}\n{table}\n{end}", text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite the figures block of docs/reliability.md (or --check that it is current)."""
+    """Rewrite the figures blocks of docs/reliability.md: single-broker runs, cluster runs.
+
+    A block with no recorded run is left as it is (figures of another machine stay).
+    """
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--print", action="store_true", help="print the table only")
+    parser.add_argument("--print", action="store_true", help="print the tables only")
     args = parser.parse_args(argv)
-    table = render(load_runs())
+    runs = load_runs()
+    cluster = [r for r in runs if r["test"].startswith("cluster-")]
+    single = [r for r in runs if not r["test"].startswith("cluster-")]
     if args.print:
-        print(table)
+        print(render(single))
+        print(render(cluster))
         return 0
     text = DOC.read_text()
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        print(f"{DOC}: markers {START} … {END} not found", file=sys.stderr)
-        return 1
-    DOC.write_text(pattern.sub(lambda _m: f"{START}\n{table}\n{END}", text))
-    print(f"wrote {len(load_runs())} runs into {DOC.relative_to(REPO_ROOT)}")
+    for block_runs, start, end in ((single, START, END), (cluster, CLUSTER_START, CLUSTER_END)):
+        if not block_runs:
+            continue
+        replaced = _replace_block(text, start, end, render(block_runs))
+        if replaced is None:
+            print(f"{DOC}: markers {start} … {end} not found", file=sys.stderr)
+            return 1
+        text = replaced
+    DOC.write_text(text)
+    print(f"wrote {len(runs)} runs into {DOC.relative_to(REPO_ROOT)}")
     return 0
 
 

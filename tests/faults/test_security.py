@@ -51,7 +51,9 @@ class BrokerAccount:
 def broker_account() -> Iterator[BrokerAccount]:
     """`rabbitmqctl add_vhost/add_user/set_permissions` with a random password; deleted after."""
     tag = secrets.token_hex(5)
-    account = BrokerAccount(f"cs-sec-{tag}", f"cs-sec-{tag}", secrets.token_urlsafe(24))
+    # NOTE: no leading "-" in the password: rabbitmqctl would read it as an option.
+    password = "p" + secrets.token_urlsafe(24)
+    account = BrokerAccount(f"cs-sec-{tag}", f"cs-sec-{tag}", password)
     rabbitmqctl("add_vhost", account.vhost)
     try:
         rabbitmqctl("add_user", account.user, account.password)

@@ -122,6 +122,50 @@ userinfo and paths as a plus, so "+" from a space becomes "%20" ("+" itself is a
 {{- end -}}
 {{- end -}}
 
+{{/* True ("true") when the broker runs as a cluster of several nodes. */}}
+{{- define "creditstream.rabbitmq.clustered" -}}
+{{- if gt (int .Values.rabbitmq.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* The broker pods' own ServiceAccount: a cluster with peer-discovery RBAC only. */}}
+{{- define "creditstream.rabbitmq.peerDiscoveryRbac" -}}
+{{- if and (include "creditstream.rabbitmq.clustered" .) .Values.rabbitmq.peerDiscovery.rbac -}}true{{- end -}}
+{{- end -}}
+
+{{- define "creditstream.rabbitmq.serviceAccountName" -}}
+{{- if include "creditstream.rabbitmq.peerDiscoveryRbac" . -}}
+{{- include "creditstream.rabbitmq.fullname" . -}}
+{{- else -}}
+{{- include "creditstream.serviceAccountName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Members of each quorum queue: quorumInitialGroupSize, else RabbitMQ's default
+(quorum_cluster_size, 3), at most every node. */}}
+{{- define "creditstream.rabbitmq.queueMembers" -}}
+{{- min (int .Values.rabbitmq.replicas) (int (.Values.rabbitmq.quorumInitialGroupSize | default 3)) -}}
+{{- end -}}
+
+{{- define "creditstream.rabbitmq.cookieSecretName" -}}
+{{- default (printf "%s-erlang-cookie" (include "creditstream.rabbitmq.fullname" .)) .Values.rabbitmq.erlangCookie.existingSecret -}}
+{{- end -}}
+
+{{/* The Erlang cookie: the one already in the cluster's Secret, else a new random one. */}}
+{{- define "creditstream.rabbitmq.erlangCookie" -}}
+{{- $key := .Values.rabbitmq.erlangCookie.secretKey -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "creditstream.rabbitmq.cookieSecretName" .) -}}
+{{- if and $existing (index ($existing.data | default dict) $key) -}}
+{{- index $existing.data $key | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 48 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Node FQDN suffix: pods named <statefulset>-N resolve through the headless Service. */}}
+{{- define "creditstream.rabbitmq.nodeDomain" -}}
+{{- printf "%s.%s.svc.%s" (include "creditstream.rabbitmq.headless" .) .Release.Namespace .Values.rabbitmq.clusterDomain -}}
+{{- end -}}
+
 {{/*
 Bytes of a Kubernetes memory quantity, as apimachinery's resource.Quantity reads it: plain bytes
 (1073741824), binary (Ki Mi Gi Ti Pi Ei), decimal (k M G T P E; `1E` is an exabyte) with an
@@ -274,6 +318,7 @@ call with a list of keys of the dict below.
   "CKV_K8S_40" "Upstream image runs as its built-in uid 999 (owner of its data directory)"
   "CKV_K8S_8" "RabbitMQ: TCP readiness only, as its operator does; run-to-completion pods need no liveness"
   "CKV_K8S_9" "Run-to-completion pod: nothing routes traffic to it"
+  "CKV_K8S_38" "Clustered RabbitMQ: peer discovery reads its headless Service's endpoints (Role: get endpoints)"
 -}}
 {{- range $i, $id := . }}
 checkov.io/skip{{ add1 $i }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
@@ -286,7 +331,7 @@ and, for the consumer, the database; call with (dict "ctx" $ "component" "consum
 */}}
 {{- define "creditstream.clientNetworkPolicy" -}}
 {{- $v := .ctx.Values -}}
-# {{ .component }}: egress only to DNS, the broker{{ if eq .component "consumer" }} and the database{{ end }}.
+# {{ .component }}: egress only to DNS, the broker{{ if has .component (list "consumer" "relay") }} and the database{{ end }}.
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
@@ -335,7 +380,7 @@ spec:
             cidr: {{ . }}
       {{- end }}
     {{- end }}
-    {{- if eq .component "consumer" }}
+    {{- if has .component (list "consumer" "relay") }}
     {{- if $v.postgresql.enabled }}
     - to:
         - podSelector:
@@ -358,4 +403,12 @@ spec:
         - port: 443
         - port: 80
     {{- end }}
+{{- end -}}
+
+{{/*
+The relay Deployment renders with relay.enabled and a shared database: with the default SQLite
+store every consumer pod has its own file (and outbox) on an emptyDir no other pod can read.
+*/}}
+{{- define "creditstream.relay.enabled" -}}
+{{- and .Values.relay.enabled (ne (include "creditstream.database.sqlite" .) "true") -}}
 {{- end -}}

@@ -91,14 +91,25 @@ def parse_management_queue(payload: Mapping[str, Any]) -> QueueDepth:
     )
 
 
-def management_url_from_amqp(amqp_url: str, port: int = DEFAULT_MANAGEMENT_PORT) -> str:
-    """http://user:pass@host:15672/vhost derived from an AMQP URL (same credentials and vhost)."""
+def management_url_from_amqp(amqp_url: str, port: int | None = None) -> str:
+    """http://user:pass@host:PORT/vhost derived from an AMQP URL (same credentials and vhost).
+
+    PORT is 15672 for the standard AMQP ports (5672, 5671) and AMQP port + 10000 otherwise:
+    several nodes on one host (`make broker-cluster-up`: 5673 -> 15673) each have their own.
+    """
     parts = urllib.parse.urlsplit(amqp_url)
     scheme = "https" if parts.scheme == "amqps" else "http"
     # NOTE: urlsplit leaves %-escapes in place; unquote first so they are not escaped twice.
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     host = parts.hostname or "localhost"
+    if port is None:
+        amqp_port = parts.port
+        port = (
+            amqp_port + 10_000
+            if amqp_port and amqp_port not in (5671, 5672)
+            else DEFAULT_MANAGEMENT_PORT
+        )
     credentials = f"{urllib.parse.quote(user, safe='')}:{urllib.parse.quote(password, safe='')}"
     netloc = f"{credentials}@{host}:{port}"
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", "", ""))
@@ -181,6 +192,74 @@ class ManagementApiReader:
         """Nothing to release (one HTTP request per reading)."""
 
 
+class ManagementFailoverReader:
+    """The management API of a cluster: each node's API in turn until one answers.
+
+    Every node of a cluster serves the same queue statistics; the reader stays with the node
+    that answered last and moves on when it stops answering (a node down, restarting, paused).
+    """
+
+    def __init__(self, readers: list[ManagementApiReader]) -> None:
+        if not readers:
+            raise ValueError("no management API URL")
+        self.readers = readers
+        self._current = 0
+
+    @property
+    def endpoint(self) -> str:
+        """The API addresses without credentials (safe to print)."""
+        return ",".join(reader.endpoint for reader in self.readers)
+
+    def _each(self) -> list[tuple[int, ManagementApiReader]]:
+        n = len(self.readers)
+        return [((self._current + i) % n, self.readers[(self._current + i) % n]) for i in range(n)]
+
+    def get_json(self, path: str) -> Any:
+        """GET an API path from the first node that answers (4xx errors are answers)."""
+        last: QueueDepthError | None = None
+        for index, reader in self._each():
+            try:
+                answer = reader.get_json(path)
+            except QueueDepthError as exc:
+                # NOTE: a node down, or up but not serving (503 while booting or paused):
+                # ask the next; a 404 or 401 would be the same answer from every node.
+                if "unreachable" not in str(exc) and ": HTTP 5" not in str(exc):
+                    raise
+                last = exc
+                continue
+            self._current = index
+            return answer
+        raise last or QueueDepthError("no management API answered")
+
+    def read(self) -> QueueDepth:
+        """Current depth of the queue, from the first node that answers."""
+        first = self.readers[0]
+        path = (
+            f"/api/queues/{urllib.parse.quote(first.vhost, safe='')}/"
+            f"{urllib.parse.quote(first.queue, safe='')}"
+        )
+        return parse_management_queue(self.get_json(path))
+
+    def ping(self) -> bool:
+        """True when one node's API answers /api/overview with these credentials."""
+        try:
+            self.get_json("/api/overview")
+        except QueueDepthError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def management_reader(
+    urls: list[str], queue: str, *, vhost: str | None = None
+) -> ManagementApiReader | ManagementFailoverReader:
+    """One node's reader, or a failover reader over a cluster's nodes."""
+    readers = [ManagementApiReader(url, queue, vhost=vhost) for url in urls]
+    return readers[0] if len(readers) == 1 else ManagementFailoverReader(readers)
+
+
 class PassiveDeclareReader:
     """Reads the ready count by passive queue.declare over AMQP (KEDA `protocol: amqp`)."""
 
@@ -192,12 +271,13 @@ class PassiveDeclareReader:
     def _channel(self) -> Any:
         import pika
 
-        from creditstream.broker import connection_parameters
+        from creditstream.broker import connection_parameters_list
 
         if self._connection is None or self._connection.is_closed:
-            params = connection_parameters(self.settings, name="creditstream-queue-depth")
-            params.connection_attempts = 1
-            params.socket_timeout = 3
+            params = connection_parameters_list(self.settings, name="creditstream-queue-depth")
+            for one in params:
+                one.connection_attempts = 1
+                one.socket_timeout = 3
             self._connection = pika.BlockingConnection(params)
         return self._connection.channel()
 
@@ -237,7 +317,11 @@ class PassiveDeclareReader:
 class FallbackDepthReader:
     """Management API when it answers, the AMQP passive-declare count (labelled) otherwise."""
 
-    def __init__(self, primary: ManagementApiReader | None, fallback: PassiveDeclareReader) -> None:
+    def __init__(
+        self,
+        primary: ManagementApiReader | ManagementFailoverReader | None,
+        fallback: PassiveDeclareReader,
+    ) -> None:
         self.primary = primary
         self.fallback = fallback
         self.last_error: str | None = None
@@ -265,13 +349,10 @@ def depth_reader_for(
     settings: Settings, queue: str, *, protocol: str = "http"
 ) -> FallbackDepthReader:
     """The reader KEDA's `protocol` implies: http/auto try the management API first."""
-    amqp_url = settings.amqp_url.get_secret_value()
     primary = None
     if protocol != "amqp":
-        management_url = (
-            settings.management_url.get_secret_value()
-            if settings.management_url is not None
-            else management_url_from_amqp(amqp_url)
+        # NOTE: a cluster: one management URL per node (given, or derived from each AMQP URL)
+        primary = management_reader(
+            settings.management_urls, queue, vhost=vhost_of(settings.amqp_urls[0])
         )
-        primary = ManagementApiReader(management_url, queue, vhost=vhost_of(amqp_url))
     return FallbackDepthReader(primary, PassiveDeclareReader(settings, queue))

@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
 
 from creditstream.autoscale.queue_depth import management_url_from_amqp
-from creditstream.settings import Settings
+from creditstream.settings import Settings, split_amqp_urls
 from creditstream.topology import (
     declare_topology,
     delete_topology,
@@ -110,10 +110,12 @@ def _management(management_url: str, method: str, path: str, body: Any = None) -
 def broker_vhost(amqp_url: str, name: str, management_url: str | None = None) -> Iterator[str]:
     """A RabbitMQ vhost NAME for the URL's user (management API); the AMQP URL into it.
 
+    A comma-separated URL list (a cluster) gives the list with every URL into the vhost.
     Deleting the vhost afterwards deletes everything declared in it.
     """
-    management = management_url or management_url_from_amqp(amqp_url)
-    user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
+    urls = split_amqp_urls(amqp_url)
+    management = management_url or management_url_from_amqp(urls[0])
+    user = urllib.parse.unquote(urllib.parse.urlsplit(urls[0]).username or "guest")
     quoted = urllib.parse.quote(name, safe="")
     try:
         _management(management, "GET", f"/api/vhosts/{quoted}")
@@ -130,7 +132,10 @@ def broker_vhost(amqp_url: str, name: str, management_url: str | None = None) ->
             f"/api/permissions/{quoted}/{urllib.parse.quote(user, safe='')}",
             {"configure": ".*", "write": ".*", "read": ".*"},
         )
-        yield urllib.parse.urlunsplit(urllib.parse.urlsplit(amqp_url)._replace(path="/" + quoted))
+        yield ",".join(
+            urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path="/" + quoted))
+            for url in urls
+        )
     finally:
         with contextlib.suppress(urllib.error.URLError, OSError):
             _management(management, "DELETE", f"/api/vhosts/{quoted}")

@@ -53,6 +53,10 @@ def test_fresh_queue_without_statistics_is_unknown_not_zero() -> None:
             id="quoted-password-and-vhost",
         ),
         pytest.param("amqps://u:p@rabbit:5671/", "https://u:p@rabbit:15672/", id="tls"),
+        pytest.param("amqp://u:p@rabbit/v", "http://u:p@rabbit:15672/v", id="no-port"),
+        pytest.param(
+            "amqp://guest:guest@localhost:5674/", "http://guest:guest@localhost:15674/", id="node-b"
+        ),
     ],
 )
 def test_management_url_from_amqp(amqp_url: str, expected: str) -> None:
