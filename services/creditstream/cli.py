@@ -148,10 +148,24 @@ def produce(
             show_default=False,
         ),
     ] = None,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            help="fused: request records to the requests queue; staged: raw CSV rows (strings, "
+            "as the file holds them) to the preprocess stage's queue.",
+        ),
+    ] = "fused",
 ) -> None:
     """Stream client records into RabbitMQ with publisher confirms."""
     from creditstream.producer import run_producer
 
+    if pipeline not in {"fused", "staged"}:
+        raise typer.BadParameter("--pipeline is fused or staged")
+    if pipeline == "staged" and (synthetic or repeat != 1):
+        raise typer.BadParameter(
+            "--pipeline staged sends a CSV's raw rows (no --synthetic/--repeat)"
+        )
     if data is not None and synthetic:
         raise typer.BadParameter("--data and --synthetic exclude each other")
     if rate is not None and interval is not None:
@@ -165,22 +179,45 @@ def produce(
     from creditstream.data.source import DataSourceError
     from creditstream.logs import settings_redactor
     from creditstream.model_card import ModelCardError
+    from creditstream.stages.raw import RawDataError
     from creditstream.topology import TopologyMismatchError
 
     stop = _stop_on_signals()
     try:
-        report = run_producer(
-            settings,
-            synthetic=synthetic,
-            limit=limit,
-            rate=rate,
-            interval=interval,
-            records_per_message=records_per_message,
-            repeat=repeat,
-            progress=progress,
-            stop=stop,
-        )
-    except (DatasetError, DataSourceError, ModelCardError, TopologyMismatchError) as exc:
+        if pipeline == "staged":
+            from creditstream.stages.raw import raw_rows
+            from creditstream.stages.topology import stage_settings
+
+            report = run_producer(
+                stage_settings(settings, "preprocess"),
+                limit=limit,
+                rate=rate,
+                interval=interval,
+                records_per_message=records_per_message,
+                progress=progress,
+                records=raw_rows(settings.data_path, limit),
+                stop=stop,
+            )
+        else:
+            report = run_producer(
+                settings,
+                synthetic=synthetic,
+                limit=limit,
+                rate=rate,
+                interval=interval,
+                records_per_message=records_per_message,
+                repeat=repeat,
+                progress=progress,
+                stop=stop,
+            )
+    except (
+        DatasetError,
+        DataSourceError,
+        ModelCardError,
+        TopologyMismatchError,
+        RawDataError,
+        FileNotFoundError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     except BROKER_DOWN_ERRORS as exc:
@@ -333,6 +370,61 @@ def results_get(
         typer.echo(f"not found: {i}", err=True)
     if missing:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="preprocess, features or score.")],
+    batch_size: Annotated[
+        int | None, typer.Option(help="Max messages (score: records) per batch.", min=1)
+    ] = None,
+    batch_timeout_ms: Annotated[
+        int | None, typer.Option(help="Score: flush a partial batch after T ms.", min=0)
+    ] = None,
+    prefetch: Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Graph file of the stage (features or score; default: the card's, beside "
+            "the fused model).",
+        ),
+    ] = None,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Score: consume the shadow queue (a copy of the features output), store under "
+            "this model's own version, never reply, never publish results.",
+        ),
+    ] = False,
+    amqp_url_file: AmqpUrlFileOption = None,
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Run one stage of the staged pipeline (raw → preprocess → features → score)."""
+    from creditstream.stages.run import run_stage
+    from creditstream.stages.topology import STAGES
+
+    if name not in STAGES:
+        raise typer.BadParameter(f"stage is one of {', '.join(STAGES)}")
+    settings = build_settings(
+        batch_size=batch_size,
+        batch_timeout_ms=batch_timeout_ms,
+        prefetch=prefetch,
+        exit_when_idle_s=exit_when_idle,
+        http_port=http_port,
+        amqp_url=read_secret_file(amqp_url_file),
+        database_url=read_secret_file(database_url_file),
+    )
+    _setup_logging(settings, f"stage-{name}")
+    raise typer.Exit(code=run_stage(settings, name, model=model, shadow=shadow))
 
 
 @app.command()

@@ -38,7 +38,7 @@ from creditstream.broker import (
     connect,
     interruptible_sleep,
 )
-from creditstream.codec import Rejection, decode_request, encode_json
+from creditstream.codec import DecodedMessage, Rejection, decode_request, encode_json
 from creditstream.metrics import ConsumerMetrics, HealthServer, HealthState
 from creditstream.outbox import OutboxRelay
 from creditstream.settlement import (
@@ -99,6 +99,21 @@ class _BrokerLost(Exception):
     """The connection to the broker went away mid-serve."""
 
 
+@dataclasses.dataclass(frozen=True)
+class InputMode:
+    """What the consumer's queue carries and where its results go (issue 11).
+
+    The default is the fused path: request-contract records, results published and replied.
+    A pipeline's score stage decodes engineered feature vectors instead; a shadow score stage
+    also stores under its own ids and model version, and never publishes nor replies.
+    """
+
+    decode: Callable[[bytes, str | None, dict[str, Any]], DecodedMessage] | None = None
+    id_suffix: str = ""
+    publishes: bool = True
+    replies: bool = True
+
+
 class Consumer:
     """Consumes requests, scores them in micro-batches and stores + publishes predictions."""
 
@@ -110,8 +125,10 @@ class Consumer:
         metrics: ConsumerMetrics | None = None,
         health: HealthState | None = None,
         relay: OutboxRelay | None = None,
+        mode: InputMode | None = None,
     ) -> None:
         self.settings = settings
+        self.mode = mode or InputMode()
         self.topology = Topology.from_settings(settings)
         self.scorer = scorer
         self.store = store
@@ -277,6 +294,7 @@ class Consumer:
             stop=self._stop,
             sleep=channel.connection.sleep,
             relay=self.relay,
+            publishes=self.mode.publishes,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -291,14 +309,17 @@ class Consumer:
         now = self._last_delivery = time.monotonic()
         if method.redelivered:
             self.metrics.redelivered.inc()
-        message_id = message_id_of(props.message_id, body)
-        decoded = decode_request(
-            body,
-            props.content_type,
-            max_body_bytes=self._max_body_bytes,
-            max_records=self._max_records,
-        )
+        message_id = message_id_of(props.message_id, body) + self.mode.id_suffix
         headers = props.headers or {}
+        if self.mode.decode is not None:
+            decoded = self.mode.decode(body, props.content_type, headers)
+        else:
+            decoded = decode_request(
+                body,
+                props.content_type,
+                max_body_bytes=self._max_body_bytes,
+                max_records=self._max_records,
+            )
         sent_at = headers.get(SENT_AT_HEADER)
         message = PendingMessage(
             delivery_tag=method.delivery_tag,
@@ -310,7 +331,7 @@ class Consumer:
             sent_at=sent_at / 1e6
             if isinstance(sent_at, int) and not isinstance(sent_at, bool)
             else None,
-            reply_to=props.reply_to,
+            reply_to=props.reply_to if self.mode.replies else None,
             correlation_id=props.correlation_id,
             redelivered=bool(method.redelivered),
             body=body,
@@ -403,9 +424,11 @@ class Settler:
         stop: threading.Event,
         sleep: Callable[[float], None],
         relay: OutboxRelay,
+        publishes: bool = True,
     ) -> None:
         self.channel, self.publisher = channel, publisher
         self.relay = relay
+        self.publishes = publishes
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -473,7 +496,8 @@ class Settler:
         try:
             inserted, refused = bisect_refused(
                 lambda part: self.store.write(
-                    [predictions[tag][i] for tag, i in part], self._event_of
+                    [predictions[tag][i] for tag, i in part],
+                    self._event_of if self.publishes else None,
                 ),
                 rows,
                 lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
@@ -792,7 +816,8 @@ class Settler:
         # here, so nothing here waits for the broker before the ack.
         if not predictions:
             return
-        self.relay.wake()
+        if self.publishes:  # NOTE: a shadow model's results stay in the store (no event)
+            self.relay.wake()
         self.metrics.records.labels("scored").inc(len(predictions))
 
     # --- outbox (end) ---

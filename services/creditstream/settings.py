@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="Segment size of the results stream (x-stream-max-segment-size-bytes); "
         "retention removes whole segments, so keep it well below results_stream_max_bytes.",
     )
+    stage_prefix: str = Field(
+        "creditstream.stage",
+        description="Staged pipeline (issue 11): stage S reads queue PREFIX.S, bound to "
+        "exchange PREFIX.S (S = preprocess, features, score; the shadow score stage reads "
+        "PREFIX.score.shadow).",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,

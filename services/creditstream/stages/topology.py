@@ -1,0 +1,97 @@
+"""Names of the staged pipeline: one exchange + quorum queue per stage, declared like requests.
+
+Stage S reads queue `<stage_prefix>.S`, bound to exchange `<stage_prefix>.S`; the stage before
+it publishes there. Each stage queue is declared by `Topology` (the fused path's code), so it has
+the same quorum type, delivery limit and dead-letter exchange as the requests queue. The shadow
+score stage's queue is bound to the score exchange too: features are computed once and fanned
+out to both models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final, Literal
+
+import pika
+import pika.exceptions
+
+from creditstream.broker import connection_parameters
+from creditstream.topology import Topology, refuse_shared_names, retry_queue_name
+
+if TYPE_CHECKING:
+    from creditstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["preprocess", "features", "score"]
+STAGES: Final[tuple[Stage, ...]] = ("preprocess", "features", "score")
+NEXT: Final[dict[str, Stage | None]] = {
+    "preprocess": "features",
+    "features": "score",
+    "score": None,
+}
+STAGE_HEADER: Final = "x-creditstream-stage"
+TRACE_HEADER: Final = "x-creditstream-trace"
+SHADOW_SUFFIX: Final = ".shadow"
+
+
+def stage_exchange(settings: Settings, stage: str) -> str:
+    """The exchange the stage before `stage` publishes to."""
+    return f"{settings.stage_prefix}.{stage}"
+
+
+def stage_queue(settings: Settings, stage: str, *, shadow: bool = False) -> str:
+    """The queue `stage` consumes (the shadow score stage has its own)."""
+    return f"{settings.stage_prefix}.{stage}" + (SHADOW_SUFFIX if shadow else "")
+
+
+def stage_settings(settings: Settings, stage: str, *, shadow: bool = False) -> Settings:
+    """The settings as a stage sees them: its queue and exchange in the requests fields.
+
+    NOTE: everything that reads `requests_*` (topology, connection names that fault tests and
+    operators look for, the fused consumer reused by the score stage) then works on the stage.
+    """
+    return settings.model_copy(
+        update={
+            "requests_exchange": stage_exchange(settings, stage),
+            "requests_queue": stage_queue(settings, stage, shadow=shadow),
+        }
+    )
+
+
+def declare_stages(settings: Settings, *, shadow: bool = False) -> None:
+    """Declare every stage's exchange and queue (and the shadow queue if asked)."""
+    connection = pika.BlockingConnection(connection_parameters(settings, name="creditstream-setup"))
+    try:
+        channel = connection.channel()
+        for stage in STAGES:
+            Topology.from_settings(stage_settings(settings, stage)).declare(channel)
+        if shadow:
+            Topology.from_settings(stage_settings(settings, "score", shadow=True)).declare(channel)
+    finally:
+        connection.close()
+
+
+def delete_stages(settings: Settings) -> None:
+    """Delete the stages' queues and exchanges (isolated runs only: defaults are refused)."""
+    refuse_shared_names(settings, "delete")
+    if settings.stage_prefix == type(settings).model_fields["stage_prefix"].default:
+        raise ValueError(f"refusing to delete the shared stage prefix {settings.stage_prefix!r}")
+    connection = pika.BlockingConnection(
+        connection_parameters(settings, name="creditstream-teardown")
+    )
+    try:
+        for stage in STAGES:
+            queues = [stage_queue(settings, stage)]
+            if stage == "score":
+                queues.append(stage_queue(settings, stage, shadow=True))
+            for queue in queues:
+                for name in (queue, retry_queue_name(queue, settings.retry_delay_ms)):
+                    with contextlib.suppress(pika.exceptions.AMQPError):
+                        connection.channel().queue_delete(name)
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.channel().exchange_delete(stage_exchange(settings, stage))
+    finally:
+        with contextlib.suppress(Exception):
+            connection.close()
