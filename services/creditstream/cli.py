@@ -427,6 +427,55 @@ def stage(
     raise typer.Exit(code=run_stage(settings, name, model=model, shadow=shadow))
 
 
+results_app = typer.Typer(
+    help="Read predictions back: the results stream (events) or the results store.",
+    no_args_is_help=True,
+)
+app.add_typer(results_app, name="results")
+
+
+@results_app.command("compare")
+def results_compare(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="CSV with the label column (AUC where labels exist).", exists=True
+        ),
+    ] = None,
+    champion: Annotated[
+        str | None, typer.Option(help="Champion model version (default: the only one).")
+    ] = None,
+    shadow: Annotated[
+        str | None, typer.Option(help="Shadow model version (default: the only shadow:*).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Champion vs shadow over the records both scored: AUC of each, differing decisions."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from creditstream.stages.compare import as_dict, compare, read_labels
+
+    settings = build_settings(database_url=read_secret_file(database_url_file))
+    _setup_logging(settings, "results")
+    labels = read_labels(data) if data is not None else None
+    try:
+        result = compare(settings, labels=labels, champion=champion, shadow=shadow)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: results store: {str(exc).splitlines()[0][:200]}", err=True)
+        raise typer.Exit(code=1) from exc
+    if as_json:
+        typer.echo(json.dumps(as_dict(result)))
+    else:
+        for line in result.lines():
+            typer.echo(line)
+
+
 @app.command()
 def predict(
     source: Annotated[str, typer.Argument(help="JSON file of record(s), or - for stdin.")] = "-",

@@ -96,6 +96,12 @@ class Settings(BaseSettings):
         "exchange PREFIX.S (S = preprocess, features, score; the shadow score stage reads "
         "PREFIX.score.shadow).",
     )
+    stage_shadow: bool = Field(
+        False,
+        description="Staged pipeline: the features stage also declares the shadow score "
+        "stage's queue (bound to the score exchange), so a shadow model sees every record "
+        "even before its first replica starts.",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,

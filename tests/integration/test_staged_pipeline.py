@@ -7,6 +7,7 @@ row per record, with the fused path's probability for that record.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from creditstream.stages.topology import (
 )
 from creditstream.topology import REASON_HEADER
 from tests.helpers import (
+    MODELS,
     PG_URL,
     Processes,
     count_rows,
@@ -218,3 +220,98 @@ def test_bad_raw_rows_are_dead_lettered_by_preprocess_with_the_stage_in_the_reas
         connection.close()
     assert reasons == {"preprocess:wrong-type", "preprocess:missing-field"}
     assert [r.record_id for r in stored_rows(settings)] == [rows[0]["ID"]]
+
+
+def challenger_graph(path: Path) -> Path:
+    """A different model on the same features: the champion graph with its base score moved."""
+    import onnx
+
+    model = onnx.load(str(MODELS / "credit_default.model.onnx"))
+    (node,) = [n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier"]
+    (attribute,) = [a for a in node.attribute if a.name == "base_values"]
+    attribute.floats[0] += 0.4  # NOTE: higher P(default) everywhere: some decisions flip
+    onnx.save(model, str(path))
+    return path
+
+
+def _declare_tap(settings: Settings) -> str:
+    """A queue bound to the results (predictions) exchange: what the pipeline publishes."""
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(
+            settings.predictions_exchange, exchange_type="fanout", durable=True
+        )
+        queue = f"{settings.stage_prefix}.tap"
+        channel.queue_declare(queue, auto_delete=False, arguments={"x-expires": 600_000})
+        channel.queue_bind(queue, settings.predictions_exchange)
+        return queue
+    finally:
+        connection.close()
+
+
+def _published_records(settings: Settings, queue: str) -> list[dict[str, object]]:
+    import orjson
+
+    events: list[dict[str, object]] = []
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        while True:
+            method, _props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            events.extend(orjson.loads(body))
+        channel.queue_delete(queue)
+    finally:
+        connection.close()
+    return events
+
+
+@pytest.mark.timeout(400)
+def test_shadow_score_stage_stores_under_its_own_version_and_publishes_nothing(
+    staged_settings: Callable[..., Settings],
+    processes: Processes,
+    data_path: Path,
+    tmp_path: Path,
+) -> None:
+    n = 1500
+    settings = staged_settings(stage_shadow=True)
+    challenger = challenger_graph(tmp_path / "challenger.onnx")
+    tap = _declare_tap(settings)
+    produced = run_cli(
+        ["produce", "--pipeline", "staged", "--data", str(data_path), "--limit", str(n)],
+        settings,
+    )
+    assert produced.returncode == 0, produced.stderr[-2000:]
+    # NOTE: the features stage declares the shadow queue (stage_shadow), so the shadow sees
+    # every record though it starts last.
+    for stage in ("preprocess", "features", "score"):
+        processes.start(["stage", stage], settings, stage)
+    wait_until(lambda: count_rows(settings) >= n, timeout=240, interval=0.5, message="champion")
+    processes.start(["stage", "score", "--shadow", "--model", str(challenger)], settings, "shadow")
+    wait_until(lambda: count_rows(settings) >= 2 * n, timeout=240, interval=0.5, message="shadow")
+    time.sleep(1.5)
+    processes.stop_all()
+
+    rows = stored_rows(settings)
+    assert len(rows) == 2 * n
+    card = json.loads((MODELS / "model_card.json").read_text())
+    compared = run_cli(["results", "compare", "--data", str(data_path), "--json"], settings)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    figures = json.loads(compared.stdout.strip().splitlines()[-1])
+    assert figures["champion"]["version"] == card["version"]
+    assert figures["shadow"]["version"].startswith("shadow:model+")
+    assert figures["champion"]["rows"] == figures["shadow"]["rows"] == n
+    assert figures["common_records"] == figures["labelled_records"] == n
+    assert 0.6 < figures["champion"]["auc"] < 0.95 and 0.6 < figures["shadow"]["auc"] < 0.95
+    # A monotone shift of the score keeps the ranking (same AUC) but moves decisions.
+    assert figures["champion"]["auc"] == pytest.approx(figures["shadow"]["auc"], abs=1e-3)
+    assert 0 < figures["differing_decisions"] < n
+    printed = run_cli(["results", "compare", "--data", str(data_path)], settings)
+    assert "AUC" in printed.stdout and "differing decisions" in printed.stdout
+    print(printed.stdout)
+
+    events = _published_records(settings, tap)
+    assert len(events) == n, "only the champion publishes results"
+    assert {e["model_version"] for e in events} == {card["version"]}

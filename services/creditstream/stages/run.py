@@ -20,7 +20,7 @@ from creditstream.metrics import HealthServer, HealthState
 from creditstream.scoring import ModelError, read_model_card
 from creditstream.stages.graphs import ENGINEERED, FEATURES_FILE, FUSED_INPUT, MODEL_FILE
 from creditstream.stages.metrics import StageMetrics, now_us, trace_of
-from creditstream.stages.topology import stage_settings
+from creditstream.stages.topology import SHADOW_VERSION_PREFIX, stage_settings
 from creditstream.stages.transforms import decode_engineered, features_batch, preprocess
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from creditstream.settings import Settings
 
 log = logging.getLogger(__name__)
-SHADOW_PREFIX = "shadow:"
 
 
 def _session(model: bytes, threads: int, name: str) -> Any:
@@ -89,7 +88,10 @@ class GraphScorer:
         card = read_model_card(settings.resolved_model_card_path)
         threshold = card.threshold if settings.threshold is None else settings.threshold
         return cls(
-            session, SHADOW_PREFIX + version if shadow else version, threshold, inp.shape[-1]
+            session,
+            SHADOW_VERSION_PREFIX + version if shadow else version,
+            threshold,
+            inp.shape[-1],
         )
 
     def predict_default_probability(self, features: np.ndarray) -> np.ndarray:

@@ -34,6 +34,8 @@ NEXT: Final[dict[str, Stage | None]] = {
 STAGE_HEADER: Final = "x-creditstream-stage"
 TRACE_HEADER: Final = "x-creditstream-trace"
 SHADOW_SUFFIX: Final = ".shadow"
+# A shadow score stage stores under `shadow:<model version>` (and request ids `<id>|<version>`).
+SHADOW_VERSION_PREFIX: Final = "shadow:"
 
 
 def stage_exchange(settings: Settings, stage: str) -> str:
