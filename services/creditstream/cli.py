@@ -162,10 +162,8 @@ def produce(
 
     if pipeline not in {"fused", "staged"}:
         raise typer.BadParameter("--pipeline is fused or staged")
-    if pipeline == "staged" and (synthetic or repeat != 1):
-        raise typer.BadParameter(
-            "--pipeline staged sends a CSV's raw rows (no --synthetic/--repeat)"
-        )
+    if pipeline == "staged" and repeat != 1:
+        raise typer.BadParameter("--pipeline staged sends each raw row once (no --repeat)")
     if data is not None and synthetic:
         raise typer.BadParameter("--data and --synthetic exclude each other")
     if rate is not None and interval is not None:
@@ -185,9 +183,17 @@ def produce(
     stop = _stop_on_signals()
     try:
         if pipeline == "staged":
-            from creditstream.stages.raw import raw_rows
+            from creditstream.producer import iter_source_records
+            from creditstream.stages.raw import as_raw, raw_rows
             from creditstream.stages.topology import stage_settings
 
+            if synthetic:
+                synthetic_rows, _total, _label = iter_source_records(
+                    settings, synthetic=True, limit=limit, repeat=1
+                )
+                rows = as_raw(synthetic_rows)
+            else:
+                rows = raw_rows(settings.data_path, limit)
             report = run_producer(
                 stage_settings(settings, "preprocess"),
                 limit=limit,
@@ -195,7 +201,7 @@ def produce(
                 interval=interval,
                 records_per_message=records_per_message,
                 progress=progress,
-                records=raw_rows(settings.data_path, limit),
+                records=rows,
                 stop=stop,
             )
         else:

@@ -412,3 +412,32 @@ store every consumer pod has its own file (and outbox) on an emptyDir no other p
 {{- define "creditstream.relay.enabled" -}}
 {{- and .Values.relay.enabled (ne (include "creditstream.database.sqlite" .) "true") -}}
 {{- end -}}
+
+{{/*
+The scoring workloads (issue 11), one Deployment + ScaledObject each, as a YAML list:
+pipeline.mode=fused: the consumer on consumer.queueName; pipeline.mode=staged: one worker per
+stage on its own queue (<pipeline.stagePrefix>.<stage>), plus the shadow score stage if enabled.
+Each item: name (Deployment suffix), stage ("" for fused), args, queue.
+*/}}
+{{- define "creditstream.workers" -}}
+{{- $p := .Values.pipeline -}}
+{{- if eq $p.mode "staged" -}}
+{{- range $stage := list "preprocess" "features" "score" }}
+- name: {{ printf "stage-%s" $stage | quote }}
+  stage: {{ $stage | quote }}
+  args: [stage, {{ $stage }}]
+  queue: {{ printf "%s.%s" $p.stagePrefix $stage | quote }}
+{{- end }}
+{{- if $p.shadow.enabled }}
+- name: "stage-score-shadow"
+  stage: "score-shadow"
+  args: [stage, score, --shadow, --model, {{ $p.shadow.modelPath | quote }}]
+  queue: {{ printf "%s.score.shadow" $p.stagePrefix | quote }}
+{{- end }}
+{{- else }}
+- name: "consumer"
+  stage: ""
+  args: [consume]
+  queue: {{ .Values.consumer.queueName | quote }}
+{{- end }}
+{{- end -}}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 class RawDataError(ValueError):
@@ -34,3 +35,9 @@ def raw_rows(path: Path, limit: int | None = None) -> Iterator[dict[str, str]]:
 def count_rows(path: Path, limit: int | None = None) -> int:
     """Rows raw_rows would yield."""
     return sum(1 for _ in raw_rows(path, limit))
+
+
+def as_raw(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]:
+    """Records (e.g. SYNTHETIC ones) as a CSV export would carry them: every value a string."""
+    for record in records:
+        yield {key: str(value) for key, value in record.items()}
