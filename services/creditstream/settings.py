@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         "stage's queue (bound to the score exchange), so a shadow model sees every record "
         "even before its first replica starts.",
     )
+    stage_model_path: Path | None = Field(
+        None,
+        description="Staged pipeline: the model graph the score stage serves (`stage score "
+        "--model` wins); default: the card's, beside model_path. A graph the card does not list "
+        "is served as version model+<sha256[:12]>.",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,

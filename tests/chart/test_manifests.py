@@ -420,10 +420,7 @@ def test_staged_mode_scales_each_stage_on_its_own_queue(rendered_docs: dict[str,
         "stage-preprocess": (["stage", "preprocess"], f"{prefix}.preprocess"),
         "stage-features": (["stage", "features"], f"{prefix}.features"),
         "stage-score": (["stage", "score"], f"{prefix}.score"),
-        "stage-score-shadow": (
-            ["stage", "score", "--shadow", "--model", values["pipeline"]["shadow"]["modelPath"]],
-            f"{prefix}.score.shadow",
-        ),
+        "stage-score-shadow": (["stage", "score", "--shadow"], f"{prefix}.score.shadow"),
     }
     found = {}
     for scaled, deployment in scaled_deployments(docs):
@@ -437,6 +434,13 @@ def test_staged_mode_scales_each_stage_on_its_own_queue(rendered_docs: dict[str,
             deployment["spec"]["template"]["metadata"]["labels"]["creditstream.io/stage"] == stage
         )
     assert found == expected
+    shadow = find(docs, "Deployment", "cs-creditstream-stage-score-shadow")
+    assert shadow is not None
+    env = {
+        e["name"]: e.get("value")
+        for e in shadow["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CREDITSTREAM_STAGE_MODEL_PATH"] == values["pipeline"]["shadow"]["modelPath"]
     assert queue_name_problems(docs) == []
     (job,) = by_kind(docs, "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [

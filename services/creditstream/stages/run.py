@@ -165,7 +165,7 @@ def run_stage(
         )
         return _serve(settings, stage, worker, health, metrics)
     if stage == "score":
-        return _run_score(settings, model, shadow, metrics, health)
+        return _run_score(settings, model or settings.stage_model_path, shadow, metrics, health)
     log.error("unknown stage %r", stage)
     return 2
 
