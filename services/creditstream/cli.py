@@ -685,6 +685,14 @@ def demo(
         ),
     ] = None,
     amqp_url_file: AmqpUrlFileOption = None,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            help="fused: the consumer; staged: preprocess, features and score processes, each "
+            "scaled by the rule on its own queue (raw CSV rows in).",
+        ),
+    ] = "fused",
 ) -> None:
     """Run the platform on this machine, scaled by the local KEDA rule, and write a run folder."""
     from creditstream.autoscale.rule import parse_set_override
@@ -695,6 +703,23 @@ def demo(
         overrides: list[Mapping[str, Any]] = [parse_set_override(text) for text in set_values or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if pipeline not in {"fused", "staged"}:
+        raise typer.BadParameter("--pipeline is fused or staged")
+    if pipeline == "staged":
+        from creditstream.stages.demo import StagedDemoOptions, run_staged_demo
+
+        staged = StagedDemoOptions(
+            first_burst=first_burst,
+            second_burst=second_burst,
+            pause_s=pause,
+            rate=rate or StagedDemoOptions.rate,
+            max_duration_s=max_duration,
+            set_overrides=overrides,
+            dashboard=dashboard,
+        )
+        if runs_dir is not None:
+            staged.runs_dir = runs_dir
+        raise typer.Exit(code=run_staged_demo(settings, staged))
     options = DemoOptions(
         profile=LoadProfile(
             first_burst=first_burst, pause_s=pause, second_burst=second_burst, rate=rate

@@ -27,6 +27,7 @@ from creditstream.stages.topology import (
 )
 from creditstream.topology import REASON_HEADER
 from tests.helpers import (
+    AMQP_URL,
     MODELS,
     PG_URL,
     Processes,
@@ -315,3 +316,44 @@ def test_shadow_score_stage_stores_under_its_own_version_and_publishes_nothing(
     events = _published_records(settings, tap)
     assert len(events) == n, "only the champion publishes results"
     assert {e["model_version"] for e in events} == {card["version"]}
+
+
+@pytest.mark.timeout(400)
+def test_staged_demo_scales_each_stage_on_its_own_queue_and_back_to_zero(
+    tmp_path: Path, data_path: Path
+) -> None:
+    """`creditstream demo --pipeline staged` (short): every stage scaled up, then all at 0."""
+    import csv as csv_module
+
+    result = run_cli(
+        [
+            "demo",
+            "--pipeline",
+            "staged",
+            "--first-burst",
+            "800",
+            "--second-burst",
+            "400",
+            "--pause",
+            "5",
+            "--rate",
+            "300",
+            "--max-duration",
+            "300",
+            "--runs-dir",
+            str(tmp_path),
+            "--no-dashboard",
+        ],
+        Settings(amqp_url=AMQP_URL, data_path=data_path),
+        timeout=380,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["every_record_stored_once"] and summary["records_stored"] == 1200
+    rows = list(csv_module.DictReader((run_dir / "timeline.csv").open()))
+    for stage in ("preprocess", "features", "score"):
+        assert max(int(r[f"{stage}_running"]) for r in rows) >= 1, f"{stage} never scaled up"
+        assert int(rows[-1][f"{stage}_running"]) == 0, f"{stage} not back at 0"
+        assert int(rows[-1][f"{stage}_desired"]) == 0
+    assert (run_dir / "timeline.png").read_bytes()[:4] == b"\x89PNG"
