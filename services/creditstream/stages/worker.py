@@ -216,7 +216,18 @@ class StageWorker:
 
     def _process(self, channel: Any, publisher: Any, batch: list[_Delivery]) -> None:
         started = time.perf_counter()
-        outputs = self.transform([(d.body, d.props.content_type) for d in batch])
+        try:
+            outputs = self.transform([(d.body, d.props.content_type) for d in batch])
+        except Exception:
+            # NOTE: the stage's code or model failed, not the input (bad input is a rejection):
+            # requeue; the quorum queue's delivery limit dead-letters what keeps failing.
+            log.exception(
+                "stage %s: a batch of %d messages failed; requeued", self.stage, len(batch)
+            )
+            self.metrics.scoring_failures.inc(len(batch))
+            for delivery in batch:
+                channel.basic_nack(delivery.tag, requeue=True)
+            return
         for delivery, output in zip(batch, outputs, strict=True):
             for rejection in output.rejections:
                 self._dead_letter(publisher, delivery, rejection)
