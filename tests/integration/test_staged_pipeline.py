@@ -357,3 +357,46 @@ def test_staged_demo_scales_each_stage_on_its_own_queue_and_back_to_zero(
         assert int(rows[-1][f"{stage}_running"]) == 0, f"{stage} not back at 0"
         assert int(rows[-1][f"{stage}_desired"]) == 0
     assert (run_dir / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_transform_requeues_its_batch_and_the_stage_goes_on(
+    staged_settings: Callable[..., Settings], data_path: Path
+) -> None:
+    """The stage's own failure (not the input's): requeued, retried, published once."""
+    import orjson
+
+    from creditstream.stages.transforms import preprocess
+    from creditstream.stages.worker import StageWorker
+
+    settings = staged_settings(exit_when_idle_s=2.0, batch_size=8)
+    calls = {"n": 0}
+
+    def flaky(batch: list[tuple[bytes, str | None]]) -> list[object]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("model server hiccup")
+        return [preprocess(b, c, max_body_bytes=10**6, max_records=100) for b, c in batch]
+
+    worker = StageWorker(settings, "preprocess", flaky)  # type: ignore[arg-type]
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        worker.topology.declare(channel)
+        for i, row in enumerate(raw_rows(data_path, 3)):
+            channel.basic_publish(
+                worker.topology.requests_exchange,
+                "score",
+                orjson.dumps(row),
+                pika.BasicProperties(content_type="application/json", message_id=f"m{i}"),
+            )
+    finally:
+        connection.close()
+    assert worker.run() == 0
+    assert calls["n"] >= 2
+    redelivered = worker.metrics.registry.get_sample_value(
+        "creditstream_redelivered_messages_total"
+    )
+    assert redelivered is not None and redelivered >= 1
+    assert ready_in_queue(stage_settings(settings, "features")) == 3
+    assert ready_in_queue(stage_settings(settings, "preprocess")) == 0
