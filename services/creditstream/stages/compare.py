@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,11 +81,20 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 def read_labels(path: Path) -> dict[str, int]:
     """record id → label from a CSV holding the label column (the UCI file)."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or LABEL_FIELD not in reader.fieldnames:
+    from creditstream.stages.raw import raw_rows
+    from creditstream.stages.transforms import coerce_raw
+
+    labels: dict[str, int] = {}
+    for row in raw_rows(path):
+        if LABEL_FIELD not in row or ID_FIELD not in row:
             return {}
-        return {row[ID_FIELD].strip(): int(row[LABEL_FIELD]) for row in reader}
+        try:
+            label = int(float(row[LABEL_FIELD]))
+        except ValueError:
+            continue  # NOTE: an unreadable label: that record has no label
+        # NOTE: the record id as the pipeline stores it (preprocess coerces "00123" to 123).
+        labels[str(coerce_raw({ID_FIELD: row[ID_FIELD]})[ID_FIELD])] = label
+    return labels
 
 
 def _by_version(settings: Settings) -> dict[str, dict[str, tuple[float, bool]]]:

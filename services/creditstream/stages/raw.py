@@ -21,15 +21,17 @@ def raw_rows(path: Path, limit: int | None = None) -> Iterator[dict[str, str]]:
     """
     if path.suffix.lower() != ".csv":
         raise RawDataError(f"{path}: the staged pipeline's raw entry reads CSV files")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+    # NOTE: as a bank exports it, and as the fused loader reads it: a UTF-8 BOM (Excel's
+    # "CSV UTF-8") and spaces after the commas are not part of the names or values.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle, skipinitialspace=True)
         if not reader.fieldnames:
             raise RawDataError(f"{path}: no header row")
         rows: Iterator[dict[str, str]] = iter(reader)
         if limit is not None:
             rows = itertools.islice(rows, limit)
         for row in rows:
-            yield {key: value for key, value in row.items() if key is not None}
+            yield {key.strip(): value for key, value in row.items() if key is not None}
 
 
 def count_rows(path: Path, limit: int | None = None) -> int:

@@ -58,15 +58,18 @@ def coerce_raw(raw: Any) -> Any:
             text = value.strip()
             if not text:
                 continue  # NOTE: an empty CSV cell is a missing value (reason missing-field)
-            if _INTEGER.fullmatch(text):
-                value = int(text)
-            else:
+            # NOTE: never raises: a cell int() or float() refuses (more than 4,300 digits,
+            # "1_000", text) stays a string, which the validator rejects as wrong-type.
+            number: int | float | None = None
+            if "_" not in text:
                 try:
-                    number = float(text)
-                except ValueError:
+                    number = int(text) if _INTEGER.fullmatch(text) else float(text)
+                except (ValueError, OverflowError):
                     number = None
-                if number is not None:
-                    value = int(number) if math.isfinite(number) and number.is_integer() else number
+            if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+                number = int(number)
+            if number is not None:
+                value = number
             if key == ID_FIELD and isinstance(value, str):
                 value = text
         record[key] = value

@@ -219,14 +219,10 @@ class StageWorker:
         try:
             outputs = self.transform([(d.body, d.props.content_type) for d in batch])
         except Exception:
-            # NOTE: the stage's code or model failed, not the input (bad input is a rejection):
-            # requeue; the quorum queue's delivery limit dead-letters what keeps failing.
             log.exception(
-                "stage %s: a batch of %d messages failed; requeued", self.stage, len(batch)
+                "stage %s: a batch of %d messages failed; isolating", self.stage, len(batch)
             )
-            self.metrics.scoring_failures.inc(len(batch))
-            for delivery in batch:
-                channel.basic_nack(delivery.tag, requeue=True)
+            self._one_by_one(channel, publisher, batch, started)
             return
         for delivery, output in zip(batch, outputs, strict=True):
             for rejection in output.rejections:
@@ -241,6 +237,44 @@ class StageWorker:
         self.metrics.batches.inc()
         self.metrics.stage_batch_size.labels(self.stage).observe(len(batch))
         self.metrics.stage_seconds.labels(self.stage).observe(time.perf_counter() - started)
+
+    def _one_by_one(
+        self, channel: Any, publisher: Any, batch: list[_Delivery], started: float
+    ) -> None:
+        """After a batch failure: each message alone; only a failing one is returned.
+
+        NOTE: the stage's code or model failed, not the input (bad input is a rejection): the
+        failing message is nacked (requeued) alone, so its batch-mates are not charged a
+        delivery; the quorum queue's delivery limit dead-letters one that keeps failing.
+        """
+        for delivery in batch:
+            try:
+                (output,) = self.transform([(delivery.body, delivery.props.content_type)])
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.scoring_failures.inc()
+                log.error(
+                    "stage %s: message %s failed alone (%s); requeued",
+                    self.stage,
+                    delivery.message_id[:200],
+                    exc,
+                )
+                channel.basic_nack(delivery.tag, requeue=True)
+                continue
+            self._settle(channel, publisher, delivery, output)
+        self.metrics.stage_seconds.labels(self.stage).observe(time.perf_counter() - started)
+
+    def _settle(
+        self, channel: Any, publisher: Any, delivery: _Delivery, output: StageOutput
+    ) -> None:
+        for rejection in output.rejections:
+            self._dead_letter(publisher, delivery, rejection)
+        if output.body is not None:
+            self._publish(publisher, delivery, output.body)
+        self.metrics.stage_records.labels(self.stage, "out").inc(output.n_out)
+        self.metrics.stage_records.labels(self.stage, "rejected").inc(len(output.rejections))
+        channel.basic_ack(delivery.tag)
+        self.messages_done += 1
+        self.metrics.messages.inc()
 
     def _publish(self, publisher: Any, delivery: _Delivery, body: bytes) -> None:
         props = delivery.props
@@ -292,6 +326,9 @@ class StageWorker:
                     f"{delivery.message_id}#dead{rejection.index or 0}", self.stage
                 ),
             ),
+            # NOTE: an unroutable dead letter (DLQ deleted or unbound) raises: the input is
+            # not acked, the connection is renewed and the input comes back.
+            mandatory=True,
         )
         self.metrics.dead_lettered.labels(f"{self.stage}:{rejection.reason}").inc()
         log.warning(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import orjson
 import pytest
@@ -146,3 +148,34 @@ def test_output_ids_are_derived_and_bounded() -> None:
     assert output_id(output_id("m", "preprocess"), "features") == "m|preprocess|features"
     long = output_id("x" * 300, "features")
     assert long.startswith("sha256:") and long == output_id("x" * 300, "features")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("9" * 5000, id="over-int-max-str-digits"),
+        pytest.param("1" * 400 + ".5", id="float-overflow"),
+    ],
+)
+def test_a_pathological_cell_is_a_rejection_not_an_exception(value: str) -> None:
+    body = orjson.dumps([RAW, {**RAW, "LIMIT_BAL": value, "ID": "2"}])
+    out = preprocess(body, "application/json", **LIMITS)
+    assert out.n_out == 1
+    (rejection,) = out.rejections
+    assert rejection.index == 1 and rejection.reason in {"wrong-type", "out-of-range", "not-finite"}
+
+
+def test_raw_rows_read_a_bank_export_as_the_fused_loader_does(tmp_path: Path) -> None:
+    """BOM (Excel "CSV UTF-8"), spaces after commas, CRLF, quoted numbers."""
+    from creditstream.data.dataset import load_dataset
+    from creditstream.stages.raw import raw_rows
+
+    header = ",".join(["ID", *FEATURES, "default.payment.next.month"])
+    row = ", ".join(f'"{RAW[k]}"' if k == "LIMIT_BAL" else RAW[k] for k in RAW)
+    path = tmp_path / "export.csv"
+    path.write_bytes(("\ufeff" + header + "\r\n" + row + "\r\n").encode("utf-8"))
+    (raw,) = list(raw_rows(path))
+    record = coerce_raw(raw)
+    assert isinstance(validate_record(record), ValidRecord)
+    fused = load_dataset(path, expect_full=False)
+    assert record == {k: int(fused.iloc[0][k]) for k in ["ID", *FEATURES]}
