@@ -406,3 +406,30 @@ def test_a_failing_transform_requeues_its_batch_and_the_stage_goes_on(
     assert redelivered is not None and redelivered >= 1
     assert ready_in_queue(stage_settings(settings, "features")) == 3
     assert ready_in_queue(stage_settings(settings, "preprocess")) == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_shadow_retry_returns_to_the_shadow_only(
+    staged_settings: Callable[..., Settings],
+) -> None:
+    """Review-pipeline #3: the retry queue dead-letters back by exchange; the shadow's must not
+    reach the champion's queue (which would publish and reply again)."""
+    from creditstream.stages.topology import declare_stages
+    from creditstream.topology import Topology
+
+    settings = staged_settings(retry_delay_ms=500)
+    declare_stages(settings, shadow=True)
+    shadow = Topology.from_settings(stage_settings(settings, "score", shadow=True))
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        connection.channel().basic_publish("", shadow.retry_queue, b"{}")
+    finally:
+        connection.close()
+    champion = stage_settings(settings, "score")
+    wait_until(
+        lambda: ready_in_queue(stage_settings(settings, "score", shadow=True)) == 1,
+        timeout=20,
+        message="the retried message back in the shadow queue",
+    )
+    time.sleep(1.0)
+    assert ready_in_queue(champion) == 0, "a shadow retry reached the champion's queue"

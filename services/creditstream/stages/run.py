@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from creditstream.broker import BROKER_DOWN_ERRORS
 from creditstream.metrics import HealthServer, HealthState
 from creditstream.scoring import ModelError, read_model_card
 from creditstream.stages.graphs import ENGINEERED, FEATURES_FILE, FUSED_INPUT, MODEL_FILE
@@ -170,6 +171,17 @@ def run_stage(
     return 2
 
 
+def _declare_shadow(settings: Settings) -> None:
+    from creditstream.broker import connect
+    from creditstream.stages.topology import bind_shadow
+
+    connection = connect(settings, name="creditstream-stage-score-shadow-setup")
+    try:
+        bind_shadow(connection.channel(), settings)
+    finally:
+        connection.close()
+
+
 def _run_score(
     settings: Settings,
     model: Path | None,
@@ -202,6 +214,15 @@ def _run_score(
         publishes=not shadow,
         replies=not shadow,
     )
+    if shadow:
+        # NOTE: the shadow queue gets its copy of the features through this binding; declared
+        # here too so a shadow started before the features stage misses nothing after it.
+        try:
+            _declare_shadow(settings)
+        except BROKER_DOWN_ERRORS as exc:
+            log.warning(
+                "could not declare the shadow binding yet (%s); the features stage does", exc
+            )
     store = ResultsStore.from_settings(settings)
     try:
         store.create_schema()

@@ -17,9 +17,16 @@ import pika
 import pika.exceptions
 
 from creditstream.broker import connection_parameters
-from creditstream.topology import Topology, refuse_shared_names, retry_queue_name
+from creditstream.topology import (
+    REQUEST_ROUTING_KEY,
+    Topology,
+    refuse_shared_names,
+    retry_queue_name,
+)
 
 if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
+
     from creditstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +45,9 @@ SHADOW_SUFFIX: Final = ".shadow"
 SHADOW_VERSION_PREFIX: Final = "shadow:"
 
 
-def stage_exchange(settings: Settings, stage: str) -> str:
-    """The exchange the stage before `stage` publishes to."""
-    return f"{settings.stage_prefix}.{stage}"
+def stage_exchange(settings: Settings, stage: str, *, shadow: bool = False) -> str:
+    """The exchange the stage before `stage` publishes to (the shadow's: its retries only)."""
+    return f"{settings.stage_prefix}.{stage}" + (SHADOW_SUFFIX if shadow else "")
 
 
 def stage_queue(settings: Settings, stage: str, *, shadow: bool = False) -> str:
@@ -54,11 +61,24 @@ def stage_settings(settings: Settings, stage: str, *, shadow: bool = False) -> S
     NOTE: everything that reads `requests_*` (topology, connection names that fault tests and
     operators look for, the fused consumer reused by the score stage) then works on the stage.
     """
+    # NOTE: the shadow has an exchange of its own, where its retry queue dead-letters back;
+    # with the score exchange there, a shadow retry would reach the champion too (which would
+    # publish and reply again), and the reverse. bind_shadow() adds the fan-out binding.
     return settings.model_copy(
         update={
-            "requests_exchange": stage_exchange(settings, stage),
+            "requests_exchange": stage_exchange(settings, stage, shadow=shadow),
             "requests_queue": stage_queue(settings, stage, shadow=shadow),
         }
+    )
+
+
+def bind_shadow(channel: BlockingChannel, settings: Settings) -> None:
+    """Declare the shadow score queue and bind it to the score exchange too (the fan-out)."""
+    Topology.from_settings(stage_settings(settings, "score", shadow=True)).declare(channel)
+    channel.queue_bind(
+        stage_queue(settings, "score", shadow=True),
+        stage_exchange(settings, "score"),
+        routing_key=REQUEST_ROUTING_KEY,
     )
 
 
@@ -70,7 +90,7 @@ def declare_stages(settings: Settings, *, shadow: bool = False) -> None:
         for stage in STAGES:
             Topology.from_settings(stage_settings(settings, stage)).declare(channel)
         if shadow:
-            Topology.from_settings(stage_settings(settings, "score", shadow=True)).declare(channel)
+            bind_shadow(channel, settings)
     finally:
         connection.close()
 
@@ -92,8 +112,11 @@ def delete_stages(settings: Settings) -> None:
                 for name in (queue, retry_queue_name(queue, settings.retry_delay_ms)):
                     with contextlib.suppress(pika.exceptions.AMQPError):
                         connection.channel().queue_delete(name)
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                connection.channel().exchange_delete(stage_exchange(settings, stage))
+            for shadow in (False, True) if stage == "score" else (False,):
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    connection.channel().exchange_delete(
+                        stage_exchange(settings, stage, shadow=shadow)
+                    )
     finally:
         with contextlib.suppress(Exception):
             connection.close()

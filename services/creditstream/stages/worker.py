@@ -28,6 +28,7 @@ from creditstream.stages.topology import (
     NEXT,
     STAGE_HEADER,
     TRACE_HEADER,
+    bind_shadow,
     stage_exchange,
     stage_settings,
 )
@@ -89,11 +90,8 @@ class StageWorker:
         self.settings = stage_settings(settings, stage)
         self.topology = Topology.from_settings(self.settings)
         self.next_topology = Topology.from_settings(stage_settings(settings, nxt))
-        self.also_declare = (
-            [Topology.from_settings(stage_settings(settings, nxt, shadow=True))]
-            if nxt == "score" and settings.stage_shadow
-            else []
-        )
+        self.declares_shadow = nxt == "score" and settings.stage_shadow
+        self.base_settings = settings
         self.next_exchange = stage_exchange(settings, nxt)
         self.transform = transform
         self.metrics = metrics or StageMetrics(stage)
@@ -159,8 +157,8 @@ class StageWorker:
         # NOTE: the next stage's queue must exist before we publish to its exchange (mandatory
         # publishes would come back unroutable otherwise).
         self.next_topology.declare(channel)
-        for topology in self.also_declare:
-            topology.declare(channel)
+        if self.declares_shadow:
+            bind_shadow(channel, self.base_settings)
         channel.basic_qos(prefetch_count=self.settings.prefetch)
         publisher = connection.channel()
         publisher.confirm_delivery()
