@@ -112,6 +112,7 @@ class InputMode:
     id_suffix: str = ""
     publishes: bool = True
     replies: bool = True
+    stage: str = ""  # NOTE: named in dead letters: `x-creditstream-reason: <stage>:<reason>`
 
 
 class Consumer:
@@ -295,6 +296,7 @@ class Consumer:
             sleep=channel.connection.sleep,
             relay=self.relay,
             publishes=self.mode.publishes,
+            stage=self.mode.stage,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -425,10 +427,11 @@ class Settler:
         sleep: Callable[[float], None],
         relay: OutboxRelay,
         publishes: bool = True,
+        stage: str = "",
     ) -> None:
         self.channel, self.publisher = channel, publisher
         self.relay = relay
-        self.publishes = publishes
+        self.publishes, self.stage = publishes, stage
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -731,10 +734,12 @@ class Settler:
             message.body if rejection.index is None else _encode_raw(rejection.raw, message.body)
         )
         headers: dict[str, Any] = {
-            REASON_HEADER: rejection.reason,
+            REASON_HEADER: f"{self.stage}:{rejection.reason}" if self.stage else rejection.reason,
             DETAIL_HEADER: rejection.detail[:500],
             SOURCE_HEADER: message.message_id,
         }
+        if self.stage:  # NOTE: a pipeline stage (issue 11) names itself in its dead letters
+            headers["x-creditstream-stage"] = self.stage
         if rejection.index is not None:
             headers[INDEX_HEADER] = rejection.index
         return (

@@ -433,3 +433,37 @@ def test_a_shadow_retry_returns_to_the_shadow_only(
     )
     time.sleep(1.0)
     assert ready_in_queue(champion) == 0, "a shadow retry reached the champion's queue"
+
+
+@pytest.mark.timeout(120)
+def test_score_stage_dead_letters_carry_the_stage(
+    staged_settings: Callable[..., Settings], processes: Processes
+) -> None:
+    """Review-pipeline #6: the score stage (the fused consumer) names its stage too."""
+    from creditstream.stages.topology import declare_stages
+
+    settings = staged_settings()
+    declare_stages(settings)
+    score = stage_settings(settings, "score")
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        connection.channel().basic_publish(
+            score.requests_exchange,
+            "score",
+            b'{"batch": false, "items": [{"index": 0, "ID": 7, "engineered": [1.0]}]}',
+            pika.BasicProperties(content_type="application/json", message_id="short-vector"),
+        )
+    finally:
+        connection.close()
+    stage = processes.start(["stage", "score", "--exit-when-idle", "2"], settings, "score")
+    assert stage.wait(timeout=60) == 0
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        method, props, _body = connection.channel().basic_get(
+            settings.dead_letter_queue, auto_ack=True
+        )
+    finally:
+        connection.close()
+    assert method is not None, "no dead letter"
+    assert props.headers[REASON_HEADER] == "score:wrong-type"
+    assert props.headers[STAGE_HEADER] == "score"

@@ -213,6 +213,7 @@ def _run_score(
         id_suffix=f"|{scorer.version}" if shadow else "",
         publishes=not shadow,
         replies=not shadow,
+        stage="score-shadow" if shadow else "score",
     )
     if shadow:
         # NOTE: the shadow queue gets its copy of the features through this binding; declared

@@ -181,7 +181,7 @@ def decode_engineered(width: int) -> Callable[[bytes, str | None, dict[str, Any]
         decoded = DecodedMessage()
         envelope = read_envelope(body)
         if isinstance(envelope, Rejection):
-            decoded.rejections.append(_score_reason(envelope))
+            decoded.rejections.append(envelope)
             return decoded
         decoded.is_batch = envelope.batch
         for item in envelope.items:
@@ -198,7 +198,7 @@ def decode_engineered(width: int) -> Callable[[bytes, str | None, dict[str, Any]
             else:
                 decoded.rejections.append(
                     Rejection(
-                        f"score:{RejectReason.TYPE}",
+                        RejectReason.TYPE,
                         f"expected ID and {width} finite engineered features",
                         item["index"],
                         item,
@@ -207,7 +207,3 @@ def decode_engineered(width: int) -> Callable[[bytes, str | None, dict[str, Any]
         return decoded
 
     return decode
-
-
-def _score_reason(rejection: Rejection) -> Rejection:
-    return Rejection(f"score:{rejection.reason}", rejection.detail, rejection.index, rejection.raw)

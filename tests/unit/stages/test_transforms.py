@@ -137,10 +137,10 @@ def test_decode_engineered_validates_width_and_values() -> None:
     assert decoded.is_batch
     assert decoded.records == [ValidRecord(5, 0, (1.0, 2.0, 3.0))]
     assert [(r.reason, r.index) for r in decoded.rejections] == [
-        ("score:wrong-type", 1),
-        ("score:wrong-type", 2),
+        ("wrong-type", 1),
+        ("wrong-type", 2),
     ]
-    assert decode(b"[1]", None, {}).rejections[0].reason == f"score:{BAD_ENVELOPE}"
+    assert decode(b"[1]", None, {}).rejections[0].reason == BAD_ENVELOPE
 
 
 def test_output_ids_are_derived_and_bounded() -> None:
