@@ -92,6 +92,12 @@ def run_staged_with_kills(
 ) -> dict[str, float]:
     """Produce n raw rows, run the three stages with one SIGKILL each; the measured figures."""
     started = time.monotonic()
+    # NOTE: taps count what each stage published: more than n means a killed stage's
+    # confirmed-but-unacked outputs were published again (the duplicate path was exercised).
+    from creditstream.stages.topology import declare_stages, stage_exchange
+
+    declare_stages(settings)
+    taps = {s: _tap(settings, stage_exchange(settings, s)) for s in ("features", "score")}
     produced = run_cli(
         [
             "produce",
@@ -151,7 +157,34 @@ def run_staged_with_kills(
     assert diff <= 1e-6, f"staged vs fused max |Δp| = {diff}"
     for stage in ("preprocess", "features", "score"):
         assert ready_in_queue(stage_settings(settings, stage)) == 0, f"{stage} queue drained"
-    return {"records": n, "seconds": elapsed, "max_abs_diff": diff}
+    published = {stage: _tap_count(settings, queue) for stage, queue in taps.items()}
+    # preprocess killed mid-batch: some of its outputs twice; features likewise on top.
+    assert published["features"] > n, f"no duplicate from the preprocess kill: {published}"
+    assert published["score"] > published["features"], f"none from the features kill: {published}"
+    return {"records": n, "seconds": elapsed, "max_abs_diff": diff, "published": published}
+
+
+def _tap(settings: Settings, exchange: str) -> str:
+    queue = f"{exchange}.test-tap"
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue, arguments={"x-expires": 3_600_000})
+        channel.queue_bind(queue, exchange, "score")
+    finally:
+        connection.close()
+    return queue
+
+
+def _tap_count(settings: Settings, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    try:
+        channel = connection.channel()
+        count = int(channel.queue_declare(queue, passive=True).method.message_count)
+        channel.queue_delete(queue)
+        return count
+    finally:
+        connection.close()
 
 
 @pytest.mark.timeout(600)
