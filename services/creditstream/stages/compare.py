@@ -54,9 +54,11 @@ class Comparison:
             f"AUC {auc(self.champion)}, positive rate {self.champion.positive_rate:.4f}",
             f"shadow   {self.shadow.version}: {self.shadow.rows} rows, "
             f"AUC {auc(self.shadow)}, positive rate {self.shadow.positive_rate:.4f}",
-            f"records scored by both: {self.common_records} ({self.labelled_records} with labels)",
+            f"requests scored by both: {self.common_records} ({self.labelled_records} with labels)",
             f"differing decisions: {self.differing_decisions} "
             f"({self.differing_rate:.2%}); mean |p_champion - p_shadow| {self.mean_abs_diff:.6f}",
+            "(each model decides at the threshold it was served with: the champion card's, "
+            "or CREDITSTREAM_THRESHOLD)",
         ]
 
 
@@ -97,21 +99,33 @@ def read_labels(path: Path) -> dict[str, int]:
     return labels
 
 
-def _by_version(settings: Settings) -> dict[str, dict[str, tuple[float, bool]]]:
+def _pair_key(version: str, request_id: str) -> str:
+    """What pairs a shadow row with the champion's row of the same request.
+
+    NOTE: the shadow's request id is the champion's + `|<shadow version>`; pairing by it (not
+    by record id) keeps a record sent twice as two pairs.
+    """
+    suffix = f"|{version}"
+    if version.startswith(SHADOW_VERSION_PREFIX) and request_id.endswith(suffix):
+        return request_id[: -len(suffix)]
+    return request_id
+
+
+def _by_version(settings: Settings) -> dict[str, dict[str, tuple[float, bool, str]]]:
     url = settings.database_url.get_secret_value()
     engine = create_engine(url)
     schema = None if engine.dialect.name == "sqlite" else settings.database_schema
     table = predictions_table(MetaData(schema=schema))
     c = table.c
-    out: dict[str, dict[str, tuple[float, bool]]] = {}
+    out: dict[str, dict[str, tuple[float, bool, str]]] = {}
     try:
         with engine.connect() as conn:
-            statement = select(c.model_version, c.record_id, c.probability, c.is_default)
-            for version, record_id, probability, is_default in conn.execute(statement):
-                out.setdefault(str(version), {})[str(record_id)] = (
-                    float(probability),
-                    bool(is_default),
-                )
+            statement = select(
+                c.model_version, c.request_id, c.record_id, c.probability, c.is_default
+            )
+            for version, request_id, record_id, p, is_default in conn.execute(statement):
+                key = _pair_key(str(version), str(request_id))
+                out.setdefault(str(version), {})[key] = (float(p), bool(is_default), str(record_id))
     finally:
         engine.dispose()
     return out
@@ -147,8 +161,9 @@ def compare(
     da = np.array([a[r][1] for r in common])
     db = np.array([b[r][1] for r in common])
     labels = labels or {}
-    labelled = [i for i, r in enumerate(common) if r in labels]
-    y = np.array([labels[common[i]] for i in labelled], dtype=np.int64)
+    record_of = [a[r][2] for r in common]
+    labelled = [i for i, r in enumerate(record_of) if r in labels]
+    y = np.array([labels[record_of[i]] for i in labelled], dtype=np.int64)
 
     def side(version: str, p: np.ndarray, d: np.ndarray, n: int) -> ModelSide:
         auc = roc_auc(y, p[labelled]) if labelled else None

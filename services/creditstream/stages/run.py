@@ -147,7 +147,15 @@ def run_stage(
         return _serve(settings, stage, worker, health, metrics)
     if stage == "features":
         try:
-            data, _version = graph_bytes(settings, "features", model)
+            data, version = graph_bytes(settings, "features", model)
+            card = read_model_card(settings.resolved_model_card_path)
+            if version != card.version:
+                # NOTE: the score stage labels rows with its model's version; features from a
+                # graph the card does not list would be stored under the champion's name.
+                raise ModelError(
+                    f"{model}: a features graph the model card does not list; the staged "
+                    "pipeline serves the card's features graph only"
+                )
             session = _session(data, settings.inference_threads, "features graph")
         except ModelError as exc:
             log.error("%s", exc)
