@@ -239,7 +239,7 @@ def _run_score(
     except SQLAlchemyError as exc:
         log.warning("results store not reachable at start (%s)", str(exc).splitlines()[0][:200])
     consumer = Consumer(
-        stage_settings(settings, "score", shadow=shadow), scorer, store, metrics, health, mode
+        stage_settings(settings, "score", shadow=shadow), scorer, store, metrics, health, mode=mode
     )
     try:
         return _serve(settings, "score", consumer, health, metrics)
