@@ -433,13 +433,6 @@ def stage(
     raise typer.Exit(code=run_stage(settings, name, model=model, shadow=shadow))
 
 
-results_app = typer.Typer(
-    help="Read predictions back: the results stream (events) or the results store.",
-    no_args_is_help=True,
-)
-app.add_typer(results_app, name="results")
-
-
 @results_app.command("compare")
 def results_compare(
     data: Annotated[
