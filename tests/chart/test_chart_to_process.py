@@ -344,7 +344,13 @@ def test_rendered_stage_pods_run_end_to_end(
         ),
     )
     docs = parse_docs(out.stdout)
-    deployments = by_kind(docs, "Deployment")
+    # NOTE: the stage workloads (the chart's relay Deployment is not a stage; each score stage
+    # runs its own relay as the consumer does).
+    deployments = [
+        d
+        for d in by_kind(docs, "Deployment")
+        if "creditstream.io/stage" in d["spec"]["selector"]["matchLabels"]
+    ]
     assert len(deployments) == 4
     (job,) = by_kind(docs, "Job")
     consumer_image = REPO_ROOT / "services" / "consumer" / "Dockerfile"
