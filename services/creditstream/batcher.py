@@ -110,7 +110,9 @@ class MicroBatch:
     def features(self) -> np.ndarray:
         """The float32 [n_records, 23] matrix for one ONNX call, in message order."""
         rows = [record.features for message in self.messages for record in message.records]
-        return np.array(rows, dtype=np.float32).reshape(len(rows), N_FEATURES)
+        # NOTE: a pipeline's score stage batches engineered vectors (wider than 23).
+        width = len(rows[0]) if rows else N_FEATURES
+        return np.array(rows, dtype=np.float32).reshape(len(rows), width)
 
     def predictions(
         self,

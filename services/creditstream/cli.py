@@ -148,10 +148,22 @@ def produce(
             show_default=False,
         ),
     ] = None,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            help="fused: request records to the requests queue; staged: raw CSV rows (strings, "
+            "as the file holds them) to the preprocess stage's queue.",
+        ),
+    ] = "fused",
 ) -> None:
     """Stream client records into RabbitMQ with publisher confirms."""
     from creditstream.producer import run_producer
 
+    if pipeline not in {"fused", "staged"}:
+        raise typer.BadParameter("--pipeline is fused or staged")
+    if pipeline == "staged" and repeat != 1:
+        raise typer.BadParameter("--pipeline staged sends each raw row once (no --repeat)")
     if data is not None and synthetic:
         raise typer.BadParameter("--data and --synthetic exclude each other")
     if rate is not None and interval is not None:
@@ -165,22 +177,53 @@ def produce(
     from creditstream.data.source import DataSourceError
     from creditstream.logs import settings_redactor
     from creditstream.model_card import ModelCardError
+    from creditstream.stages.raw import RawDataError
     from creditstream.topology import TopologyMismatchError
 
     stop = _stop_on_signals()
     try:
-        report = run_producer(
-            settings,
-            synthetic=synthetic,
-            limit=limit,
-            rate=rate,
-            interval=interval,
-            records_per_message=records_per_message,
-            repeat=repeat,
-            progress=progress,
-            stop=stop,
-        )
-    except (DatasetError, DataSourceError, ModelCardError, TopologyMismatchError) as exc:
+        if pipeline == "staged":
+            from creditstream.producer import iter_source_records
+            from creditstream.stages.raw import as_raw, raw_rows
+            from creditstream.stages.topology import stage_settings
+
+            if synthetic:
+                synthetic_rows, _total, _label = iter_source_records(
+                    settings, synthetic=True, limit=limit, repeat=1
+                )
+                rows = as_raw(synthetic_rows)
+            else:
+                rows = raw_rows(settings.data_path, limit)
+            report = run_producer(
+                stage_settings(settings, "preprocess"),
+                limit=limit,
+                rate=rate,
+                interval=interval,
+                records_per_message=records_per_message,
+                progress=progress,
+                records=rows,
+                stop=stop,
+            )
+        else:
+            report = run_producer(
+                settings,
+                synthetic=synthetic,
+                limit=limit,
+                rate=rate,
+                interval=interval,
+                records_per_message=records_per_message,
+                repeat=repeat,
+                progress=progress,
+                stop=stop,
+            )
+    except (
+        DatasetError,
+        DataSourceError,
+        ModelCardError,
+        TopologyMismatchError,
+        RawDataError,
+        FileNotFoundError,
+    ) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     except BROKER_DOWN_ERRORS as exc:
@@ -333,6 +376,103 @@ def results_get(
         typer.echo(f"not found: {i}", err=True)
     if missing:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="preprocess, features or score.")],
+    batch_size: Annotated[
+        int | None, typer.Option(help="Max messages (score: records) per batch.", min=1)
+    ] = None,
+    batch_timeout_ms: Annotated[
+        int | None, typer.Option(help="Score: flush a partial batch after T ms.", min=0)
+    ] = None,
+    prefetch: Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)] = None,
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Graph file of the stage (features or score; default: the card's, beside "
+            "the fused model).",
+        ),
+    ] = None,
+    shadow: Annotated[
+        bool,
+        typer.Option(
+            "--shadow",
+            help="Score: consume the shadow queue (a copy of the features output), store under "
+            "this model's own version, never reply, never publish results.",
+        ),
+    ] = False,
+    amqp_url_file: AmqpUrlFileOption = None,
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Run one stage of the staged pipeline (raw → preprocess → features → score)."""
+    from creditstream.stages.run import run_stage
+    from creditstream.stages.topology import STAGES
+
+    if name not in STAGES:
+        raise typer.BadParameter(f"stage is one of {', '.join(STAGES)}")
+    settings = build_settings(
+        batch_size=batch_size,
+        batch_timeout_ms=batch_timeout_ms,
+        prefetch=prefetch,
+        exit_when_idle_s=exit_when_idle,
+        http_port=http_port,
+        amqp_url=read_secret_file(amqp_url_file),
+        database_url=read_secret_file(database_url_file),
+    )
+    _setup_logging(settings, f"stage-{name}")
+    raise typer.Exit(code=run_stage(settings, name, model=model, shadow=shadow))
+
+
+@results_app.command("compare")
+def results_compare(
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="CSV with the label column (AUC where labels exist).", exists=True
+        ),
+    ] = None,
+    champion: Annotated[
+        str | None, typer.Option(help="Champion model version (default: the only one).")
+    ] = None,
+    shadow: Annotated[
+        str | None, typer.Option(help="Shadow model version (default: the only shadow:*).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    database_url_file: DatabaseUrlFileOption = None,
+) -> None:
+    """Champion vs shadow over the records both scored: AUC of each, differing decisions."""
+    import json
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from creditstream.stages.compare import as_dict, compare, read_labels
+
+    settings = build_settings(database_url=read_secret_file(database_url_file))
+    _setup_logging(settings, "results")
+    labels = read_labels(data) if data is not None else None
+    try:
+        result = compare(settings, labels=labels, champion=champion, shadow=shadow)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    except SQLAlchemyError as exc:
+        typer.echo(f"error: results store: {str(exc).splitlines()[0][:200]}", err=True)
+        raise typer.Exit(code=1) from exc
+    if as_json:
+        typer.echo(json.dumps(as_dict(result)))
+    else:
+        for line in result.lines():
+            typer.echo(line)
 
 
 @app.command()
@@ -574,6 +714,14 @@ def demo(
         ),
     ] = None,
     amqp_url_file: AmqpUrlFileOption = None,
+    pipeline: Annotated[
+        str,
+        typer.Option(
+            "--pipeline",
+            help="fused: the consumer; staged: preprocess, features and score processes, each "
+            "scaled by the rule on its own queue (raw CSV rows in).",
+        ),
+    ] = "fused",
 ) -> None:
     """Run the platform on this machine, scaled by the local KEDA rule, and write a run folder."""
     from creditstream.autoscale.rule import parse_set_override
@@ -584,6 +732,23 @@ def demo(
         overrides: list[Mapping[str, Any]] = [parse_set_override(text) for text in set_values or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if pipeline not in {"fused", "staged"}:
+        raise typer.BadParameter("--pipeline is fused or staged")
+    if pipeline == "staged":
+        from creditstream.stages.demo import StagedDemoOptions, run_staged_demo
+
+        staged = StagedDemoOptions(
+            first_burst=first_burst,
+            second_burst=second_burst,
+            pause_s=pause,
+            rate=rate or StagedDemoOptions.rate,
+            max_duration_s=max_duration,
+            set_overrides=overrides,
+            dashboard=dashboard,
+        )
+        if runs_dir is not None:
+            staged.runs_dir = runs_dir
+        raise typer.Exit(code=run_staged_demo(settings, staged))
     options = DemoOptions(
         profile=LoadProfile(
             first_burst=first_burst, pause_s=pause, second_burst=second_burst, rate=rate

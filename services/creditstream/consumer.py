@@ -107,6 +107,22 @@ class _BrokerLost(Exception):
     """The connection to the broker went away mid-serve."""
 
 
+@dataclasses.dataclass(frozen=True)
+class InputMode:
+    """What the consumer's queue carries and where its results go (issue 11).
+
+    The default is the fused path: request-contract records, results published and replied.
+    A pipeline's score stage decodes engineered feature vectors instead; a shadow score stage
+    also stores under its own ids and model version, and never publishes nor replies.
+    """
+
+    decode: Callable[[bytes, str | None, dict[str, Any]], DecodedMessage] | None = None
+    id_suffix: str = ""
+    publishes: bool = True
+    replies: bool = True
+    stage: str = ""  # NOTE: named in dead letters: `x-creditstream-reason: <stage>:<reason>`
+
+
 class Consumer:
     """Consumes requests, scores them in micro-batches and stores + publishes predictions."""
 
@@ -118,8 +134,10 @@ class Consumer:
         metrics: ConsumerMetrics | None = None,
         health: HealthState | None = None,
         relay: OutboxRelay | None = None,
+        mode: InputMode | None = None,
     ) -> None:
         self.settings = settings
+        self.mode = mode or InputMode()
         self.topology = Topology.from_settings(settings)
         self.scorer = scorer
         self.store = store
@@ -296,6 +314,8 @@ class Consumer:
             reply_to_prefixes=tuple(self.settings.reply_to_prefix_list),
             account=self._account,
             retry_key=self._retry_key,
+            publishes=self.mode.publishes,
+            stage=self.mode.stage,
         )
 
     def _idle_expired(self, batch: MicroBatch) -> bool:
@@ -314,9 +334,13 @@ class Consumer:
         message_id = (not refused and message_id_of(props.message_id, body)) or (
             "sha256:" + hashlib.sha256(body).hexdigest()[:40]
         )
+        message_id += self.mode.id_suffix
+        headers = props.headers or {}
         if refused:
             self.metrics.hostile_refused.labels("properties").inc()
             decoded = DecodedMessage(rejections=[refused])
+        elif self.mode.decode is not None:
+            decoded = self.mode.decode(body, props.content_type, headers)
         else:
             decoded = decode_request(
                 body,
@@ -324,7 +348,6 @@ class Consumer:
                 max_body_bytes=self._max_body_bytes,
                 max_records=self._max_records,
             )
-        headers = props.headers or {}
         sent_at = headers.get(SENT_AT_HEADER)
         message = PendingMessage(
             delivery_tag=method.delivery_tag,
@@ -336,7 +359,7 @@ class Consumer:
             sent_at=sent_at / 1e6
             if isinstance(sent_at, int) and not isinstance(sent_at, bool)
             else None,
-            reply_to=props.reply_to,
+            reply_to=props.reply_to if self.mode.replies else None,
             correlation_id=props.correlation_id,
             redelivered=bool(method.redelivered),
             body=body,
@@ -435,12 +458,15 @@ class Settler:
         reply_to_prefixes: tuple[str, ...] = (),
         account: str = "",
         retry_key: bytes = b"",
+        publishes: bool = True,
+        stage: str = "",
     ) -> None:
         self.channel, self.publisher = channel, publisher
         self.relay = relay
         self.dead_letter_limits = dead_letter_limits or DeadLetterLimits(100, 65_536)
         self.reply_to_prefixes, self.account = reply_to_prefixes, account
         self.retry_key = retry_key
+        self.publishes, self.stage = publishes, stage
         self.store, self.topology = store, topology
         self.metrics, self.health = metrics, health
         self.policy, self.model_version = policy, model_version
@@ -508,7 +534,8 @@ class Settler:
         try:
             inserted, refused = bisect_refused(
                 lambda part: self.store.write(
-                    [predictions[tag][i] for tag, i in part], self._event_of
+                    [predictions[tag][i] for tag, i in part],
+                    self._event_of if self.publishes else None,
                 ),
                 rows,
                 lambda exc: classify_store_error(exc) is StoreErrorKind.PERMANENT,
@@ -604,12 +631,14 @@ class Settler:
             if isinstance(action, DeadLetter):
                 rejected.setdefault(action.tag, []).append(action.rejection)
         letters: dict[int, list[DeadLetterMessage]] = {
-            tag: plan_dead_letters(
-                by_tag[tag].message_id,
-                by_tag[tag].body,
-                rejections,
-                is_batch=by_tag[tag].is_batch,
-                limits=self.dead_letter_limits,
+            tag: self._staged(
+                plan_dead_letters(
+                    by_tag[tag].message_id,
+                    by_tag[tag].body,
+                    rejections,
+                    is_batch=by_tag[tag].is_batch,
+                    limits=self.dead_letter_limits,
+                )
             )
             for tag, rejections in rejected.items()
         }
@@ -790,6 +819,16 @@ class Settler:
         self.relay.wake()
         return True
 
+    def _staged(self, letters: list[DeadLetterMessage]) -> list[DeadLetterMessage]:
+        """A pipeline stage (issue 11) names itself in its dead letters' reason and headers."""
+        if self.stage:
+            for letter in letters:
+                reason = letter.headers.get(REASON_HEADER)
+                if isinstance(reason, str):
+                    letter.headers[REASON_HEADER] = f"{self.stage}:{reason}"
+                letter.headers["x-creditstream-stage"] = self.stage
+        return letters
+
     # --- outbox (end) ---
 
     def _dead_letter(
@@ -869,7 +908,8 @@ class Settler:
         # here, so nothing here waits for the broker before the ack.
         if not predictions:
             return
-        self.relay.wake()
+        if self.publishes:  # NOTE: a shadow model's results stay in the store (no event)
+            self.relay.wake()
         self.metrics.records.labels("scored").inc(len(predictions))
 
     # --- outbox (end) ---

@@ -90,6 +90,24 @@ class Settings(BaseSettings):
         description="Segment size of the results stream (x-stream-max-segment-size-bytes); "
         "retention removes whole segments, so keep it well below results_stream_max_bytes.",
     )
+    stage_prefix: str = Field(
+        "creditstream.stage",
+        description="Staged pipeline (issue 11): stage S reads queue PREFIX.S, bound to "
+        "exchange PREFIX.S (S = preprocess, features, score; the shadow score stage reads "
+        "PREFIX.score.shadow).",
+    )
+    stage_shadow: bool = Field(
+        False,
+        description="Staged pipeline: the features stage also declares the shadow score "
+        "stage's queue (bound to the score exchange), so a shadow model sees every record "
+        "even before its first replica starts.",
+    )
+    stage_model_path: Path | None = Field(
+        None,
+        description="Staged pipeline: the model graph the score stage serves (`stage score "
+        "--model` wins); default: the card's, beside model_path. A graph the card does not list "
+        "is served as version model+<sha256[:12]>.",
+    )
     delivery_limit: int = Field(
         20,
         ge=1,

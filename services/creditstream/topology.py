@@ -323,6 +323,7 @@ def isolated_names(prefix: str) -> dict[str, str]:
         "dead_letter_queue": f"{prefix}.dead",
         "predictions_exchange": f"{prefix}.predictions",
         "results_stream": f"{prefix}.results",
+        "stage_prefix": f"{prefix}.stage",
     }
 
 

@@ -125,6 +125,24 @@ def scaled_deployments(docs: list[Doc]) -> list[tuple[Doc, Doc | None]]:
     return pairs
 
 
+def queue_read(container: Doc, env: Mapping[str, Any]) -> str:
+    """The queue the container's process reads, as the process itself derives it.
+
+    `consume` reads CREDITSTREAM_REQUESTS_QUEUE; `stage S [--shadow]` reads the stage queue
+    that creditstream.stages.topology names from CREDITSTREAM_STAGE_PREFIX (issue 11).
+    """
+    args = [*container.get("command", []), *container.get("args", [])]
+    if "stage" in args:
+        from creditstream.settings import Settings
+        from creditstream.stages.topology import stage_queue
+
+        stage = args[args.index("stage") + 1]
+        prefix = env.get("CREDITSTREAM_STAGE_PREFIX")
+        settings = Settings(**({"stage_prefix": prefix} if isinstance(prefix, str) else {}))
+        return stage_queue(settings, stage, shadow="--shadow" in args)
+    return str(env.get(SETTINGS_QUEUE_ENV, DEFAULT_REQUESTS_QUEUE))
+
+
 def queue_name_problems(docs: list[Doc]) -> list[str]:
     """The KEDA trigger must watch the queue the scaled consumers read."""
     problems = []
@@ -138,7 +156,7 @@ def queue_name_problems(docs: list[Doc]) -> list[str]:
                 continue
             watched = trigger["metadata"].get("queueName")
             for container in containers(deployment, init=False):
-                read = resolve_env(docs, container).get(SETTINGS_QUEUE_ENV, DEFAULT_REQUESTS_QUEUE)
+                read = queue_read(container, resolve_env(docs, container))
                 if watched != read:
                     problems.append(
                         f"ScaledObject {name} watches queue {watched!r} but container "

@@ -38,6 +38,7 @@ CASES: tuple[ValuesCase, ...] = (
     ValuesCase("postgresql", (CHART / "ci" / "postgresql-values.yaml",)),
     ValuesCase("producer-url", (CHART / "ci" / "producer-url-values.yaml",)),
     ValuesCase("broker-cluster", (CHART / "ci" / "broker-cluster-values.yaml",)),
+    ValuesCase("staged", (CHART / "ci" / "staged-values.yaml",)),
     ValuesCase("production", (REPO_ROOT / "k8s" / "values" / "production.yaml",)),
     ValuesCase("kind", (REPO_ROOT / "k8s" / "values" / "kind.yaml",)),
     ValuesCase("minikube", (REPO_ROOT / "k8s" / "values" / "minikube.yaml",)),

@@ -110,6 +110,17 @@ REJECTED = [
     pytest.param(("consumer.queueName=",), "queueName", id="schema-empty-queue-name"),
     pytest.param(("rabbitmq.auth.secretKeys.amqpUrl=",), "amqpUrl", id="schema-empty-secret-key"),
     pytest.param(("consumer.unknownKnob=1",), "unknownKnob", id="schema-unknown-key"),
+    pytest.param(("pipeline.mode=chained",), "fused", id="schema-pipeline-mode"),
+    pytest.param(
+        ("pipeline.shadow.enabled=true",),
+        "pipeline.shadow.enabled=true needs pipeline.mode=staged",
+        id="shadow-without-stages",
+    ),
+    pytest.param(
+        ("pipeline.mode=staged", "producer.source=url"),
+        "staged pipeline's raw entry reads CSV rows",
+        id="staged-from-the-xls-archive",
+    ),
     pytest.param(
         ("consumer.prefetch=1024", "consumer.maxBodyBytes=1048576"),
         "consumer.prefetch x consumer.maxBodyBytes",

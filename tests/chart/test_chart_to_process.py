@@ -312,3 +312,90 @@ def test_rendered_relay_publishes_a_stopped_consumers_outbox(
     finally:
         store.dispose()
     assert code == 0, (tmp_path / "relay.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def staged_isolation() -> Iterator[dict[str, str]]:
+    """The staged run's own vhost and database."""
+    reason = _services_up()
+    if reason:
+        pytest.skip(reason)
+    suffix = uuid.uuid4().hex[:10]
+    vhost = f"cs-chart-staged-{suffix}"
+    with (
+        broker_vhost(AMQP_URL, vhost),
+        postgres_database(PG_URL, f"cs_chart_staged_{suffix}") as database_url,
+    ):
+        yield {"vhost": vhost, "database_url": database_url}
+
+
+def test_rendered_stage_pods_run_end_to_end(
+    helm_binaries: dict[str, Path], staged_isolation: dict[str, str], tmp_path: Path
+) -> None:
+    """pipeline.mode=staged (issue 11): every stage Deployment + the Job, as local processes."""
+    out = helm_template(
+        helm_binaries["3"],
+        (CHART / "ci" / "staged-values.yaml",),
+        sets=(
+            f"producer.limit={RECORDS}",
+            f"producer.recordsPerMessage={RECORDS_PER_MESSAGE}",
+            "producer.rate=0",
+            "logFormat=json",
+        ),
+    )
+    docs = parse_docs(out.stdout)
+    # NOTE: the stage workloads (the chart's relay Deployment is not a stage; each score stage
+    # runs its own relay as the consumer does).
+    deployments = [
+        d
+        for d in by_kind(docs, "Deployment")
+        if "creditstream.io/stage" in d["spec"]["selector"]["matchLabels"]
+    ]
+    assert len(deployments) == 4
+    (job,) = by_kind(docs, "Job")
+    consumer_image = REPO_ROOT / "services" / "consumer" / "Dockerfile"
+    started: list[tuple[subprocess.Popen[bytes], Any, dict[str, Any]]] = []
+    try:
+        for deployment in deployments:
+            argv, env = process_env(docs, deployment, consumer_image, staged_isolation)
+            # NOTE: pods have an IP each; local processes share one, so each gets its own port.
+            env["CREDITSTREAM_HTTP_PORT"] = str(free_port())
+            name = deployment["metadata"]["name"]
+            log = (tmp_path / f"{name}.log").open("w")
+            process = subprocess.Popen(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+            )
+            started.append((process, log, deployment))
+            probe = deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+            _wait_http(
+                f"http://127.0.0.1:{env['CREDITSTREAM_HTTP_PORT']}{probe['httpGet']['path']}", 60
+            )
+        producer_argv, producer_env = process_env(
+            docs, job, REPO_ROOT / "services" / "producer" / "Dockerfile", staged_isolation
+        )
+        producer = subprocess.run(
+            producer_argv,
+            env=producer_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=tmp_path,
+        )
+        assert producer.returncode == 0, producer.stdout + producer.stderr
+        # Champion and shadow each store every record.
+        deadline = time.monotonic() + 120
+        while _count_rows(staged_isolation) < 2 * RECORDS and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _count_rows(staged_isolation) == 2 * RECORDS
+    finally:
+        codes = []
+        for process, log, deployment in started:
+            process.send_signal(signal.SIGTERM)
+            grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            try:
+                codes.append(process.wait(timeout=grace))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+            log.close()
+    assert codes == [0] * len(started), [p.read_text()[-2000:] for p in tmp_path.glob("*.log")]

@@ -365,7 +365,14 @@ def test_build_context_is_exactly_what_the_dockerfiles_need(
         f
         for f in tracked
         if f
-        in {"pyproject.toml", "README.md", "models/credit_default.onnx", "models/model_card.json"}
+        in {
+            "pyproject.toml",
+            "README.md",
+            "models/credit_default.onnx",
+            "models/credit_default.features.onnx",
+            "models/credit_default.model.onnx",
+            "models/model_card.json",
+        }
         or re.fullmatch(r"requirements/[^/]+\.lock", f)
         or f.startswith("services/creditstream/")
     }

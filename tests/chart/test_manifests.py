@@ -20,12 +20,14 @@ import yaml
 from chart_checks import (
     by_kind,
     component,
+    find,
     grace_period_problems,
     outbox_relay_problems,
     plain_credential_problems,
     probe_problems,
     queue_name_problems,
     replicas_problems,
+    scaled_deployments,
     secret_ref_problems,
     trigger_auth_problems,
 )
@@ -128,8 +130,16 @@ def test_keda_objects_valid_against_keda_crds(
     _require_keda_schemas()
     docs = rendered_docs[case.id]
     keda = [d for d in docs if d["apiVersion"] == "keda.sh/v1alpha1"]
-    if effective_values(case)["autoscaling"]["enabled"]:
-        assert sorted(d["kind"] for d in keda) == ["ScaledObject", "TriggerAuthentication"]
+    values = effective_values(case)
+    if values["autoscaling"]["enabled"]:
+        # NOTE: one ScaledObject per scaled workload: the consumer, or each stage (issue 11).
+        workloads = 1
+        if values["pipeline"]["mode"] == "staged":
+            workloads = 3 + int(values["pipeline"]["shadow"]["enabled"])
+        assert sorted(d["kind"] for d in keda) == [
+            *["ScaledObject"] * workloads,
+            "TriggerAuthentication",
+        ]
     else:
         assert keda == []
     for doc in keda:
@@ -399,6 +409,65 @@ def test_producer_job_limits(rendered_docs: dict[str, Docs]) -> None:
     assert container["args"][:2] == ["produce", "--synthetic"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert float(env["CREDITSTREAM_BROKER_WAIT_S"]) >= 60
+
+
+def test_staged_mode_scales_each_stage_on_its_own_queue(rendered_docs: dict[str, Docs]) -> None:
+    """pipeline.mode=staged: one Deployment + ScaledObject per stage (issue 11), shadow too."""
+    docs = rendered_docs["staged"]
+    values = effective_values(next(c for c in CASES if c.id == "staged"))
+    prefix = values["pipeline"]["stagePrefix"]
+    expected = {
+        "stage-preprocess": (["stage", "preprocess"], f"{prefix}.preprocess"),
+        "stage-features": (["stage", "features"], f"{prefix}.features"),
+        "stage-score": (["stage", "score"], f"{prefix}.score"),
+        "stage-score-shadow": (["stage", "score", "--shadow"], f"{prefix}.score.shadow"),
+    }
+    found = {}
+    for scaled, deployment in scaled_deployments(docs):
+        assert deployment is not None
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        name = deployment["metadata"]["name"].split("creditstream-", 1)[1]
+        queues = {t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]}
+        found[name] = (container["args"], *queues)
+        stage = deployment["spec"]["selector"]["matchLabels"]["creditstream.io/stage"]
+        assert (
+            deployment["spec"]["template"]["metadata"]["labels"]["creditstream.io/stage"] == stage
+        )
+    assert found == expected
+    shadow = find(docs, "Deployment", "cs-creditstream-stage-score-shadow")
+    assert shadow is not None
+    env = {
+        e["name"]: e.get("value")
+        for e in shadow["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CREDITSTREAM_STAGE_MODEL_PATH"] == values["pipeline"]["shadow"]["modelPath"]
+    assert queue_name_problems(docs) == []
+    (job,) = by_kind(docs, "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
+        "produce",
+        "--pipeline",
+        "staged",
+    ]
+    (settings,) = [
+        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-settings")
+    ]
+    assert settings["data"]["CREDITSTREAM_STAGE_PREFIX"] == prefix
+    assert settings["data"]["CREDITSTREAM_STAGE_SHADOW"] == "true"
+
+
+def _stage_reads_another_queue(docs: Docs) -> None:
+    deployment = find(docs, "Deployment", by_kind(docs, "ScaledObject")[1]["metadata"]["name"])
+    assert deployment is not None
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"] = ["stage", "score"]
+
+
+def test_queue_check_knows_which_queue_a_stage_reads(rendered_docs: dict[str, Docs]) -> None:
+    broken = _post_render(rendered_docs["staged"], _stage_reads_another_queue)
+    problems = queue_name_problems(broken)
+    assert problems, "a stage reading another queue than its trigger watches"
+    for problem in problems:  # NOTE: one per trigger (QueueLength, MessageRate)
+        assert "watches queue 'creditstream.stage.features'" in problem
+        assert "reads 'creditstream.stage.score'" in problem
 
 
 # --- negative tests: a broken manifest makes the checks fail ---------------------------------

@@ -114,6 +114,10 @@ def test_reproduces_the_committed_model(trained: dict[str, Any]) -> None:
     assert trained["card"]["threshold"] == committed["threshold"]
     assert trained["card"]["version"] == committed["version"]
     assert (MODELS / "credit_default.onnx").read_bytes() == trained["onnx"]
+    # NOTE: the staged pipeline's graphs (issue 11) come out of training identical too.
+    assert trained["card"]["graphs"] == committed["graphs"]
+    for name in ("credit_default.features.onnx", "credit_default.model.onnx"):
+        assert (trained["out"] / name).read_bytes() == (MODELS / name).read_bytes()
 
 
 @needs_data

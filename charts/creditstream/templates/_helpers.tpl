@@ -277,7 +277,7 @@ the chart's to see).
 
 {{/* Env vars the chart manages; extraEnv may not redefine them. */}}
 {{- define "creditstream.managedEnv" -}}
-CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_MAX_BODY_BYTES CREDITSTREAM_MEMORY_BUDGET_BYTES CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH CREDITSTREAM_DEAD_LETTER_MAX_BYTES CREDITSTREAM_DEAD_LETTER_MAX_MESSAGES CREDITSTREAM_MAX_DEAD_LETTERS_PER_MESSAGE CREDITSTREAM_DEAD_LETTER_EXCERPT_BYTES CREDITSTREAM_RESULTS_STREAM CREDITSTREAM_RESULTS_STREAM_MAX_BYTES CREDITSTREAM_RESULTS_STREAM_MAX_AGE CREDITSTREAM_RESULTS_STREAM_SEGMENT_BYTES
+CREDITSTREAM_AMQP_URL CREDITSTREAM_MANAGEMENT_URL CREDITSTREAM_DATABASE_URL CREDITSTREAM_REQUESTS_QUEUE CREDITSTREAM_MODEL_PATH CREDITSTREAM_HTTP_PORT CREDITSTREAM_BATCH_SIZE CREDITSTREAM_BATCH_TIMEOUT_MS CREDITSTREAM_PREFETCH CREDITSTREAM_MAX_BODY_BYTES CREDITSTREAM_MEMORY_BUDGET_BYTES CREDITSTREAM_RUN_ID CREDITSTREAM_BROKER_WAIT_S CREDITSTREAM_DATA_PATH CREDITSTREAM_DEAD_LETTER_MAX_BYTES CREDITSTREAM_DEAD_LETTER_MAX_MESSAGES CREDITSTREAM_MAX_DEAD_LETTERS_PER_MESSAGE CREDITSTREAM_DEAD_LETTER_EXCERPT_BYTES CREDITSTREAM_RESULTS_STREAM CREDITSTREAM_RESULTS_STREAM_MAX_BYTES CREDITSTREAM_RESULTS_STREAM_MAX_AGE CREDITSTREAM_RESULTS_STREAM_SEGMENT_BYTES CREDITSTREAM_STAGE_MODEL_PATH
 {{- end -}}
 
 {{/* Env shared by every creditstream container: broker URLs by secretKeyRef + settings ConfigMap. */}}
@@ -411,4 +411,34 @@ store every consumer pod has its own file (and outbox) on an emptyDir no other p
 */}}
 {{- define "creditstream.relay.enabled" -}}
 {{- and .Values.relay.enabled (ne (include "creditstream.database.sqlite" .) "true") -}}
+{{- end -}}
+
+{{/*
+The scoring workloads (issue 11), one Deployment + ScaledObject each, as a YAML list:
+pipeline.mode=fused: the consumer on consumer.queueName; pipeline.mode=staged: one worker per
+stage on its own queue (<pipeline.stagePrefix>.<stage>), plus the shadow score stage if enabled.
+Each item: name (Deployment suffix), stage ("" for fused), args, queue.
+*/}}
+{{- define "creditstream.workers" -}}
+{{- $p := .Values.pipeline -}}
+{{- if eq $p.mode "staged" -}}
+{{- range $stage := list "preprocess" "features" "score" }}
+- name: {{ printf "stage-%s" $stage | quote }}
+  stage: {{ $stage | quote }}
+  args: [stage, {{ $stage }}]
+  queue: {{ printf "%s.%s" $p.stagePrefix $stage | quote }}
+{{- end }}
+{{- if $p.shadow.enabled }}
+- name: "stage-score-shadow"
+  stage: "score-shadow"
+  args: [stage, score, --shadow]
+  modelPath: {{ $p.shadow.modelPath | quote }}
+  queue: {{ printf "%s.score.shadow" $p.stagePrefix | quote }}
+{{- end }}
+{{- else }}
+- name: "consumer"
+  stage: ""
+  args: [consume]
+  queue: {{ .Values.consumer.queueName | quote }}
+{{- end }}
 {{- end -}}

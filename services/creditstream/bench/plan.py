@@ -56,6 +56,8 @@ class BenchPlan:
     # NOTE: same prefetch and batch size for creditstream and the ceiling (Settings defaults).
     prefetch: int = 1024
     batch_size: int = 256
+    # NOTE: staged vs fused pipeline (issue 11): data-set records through each path.
+    pipeline_records: int = 2_000
 
     def profile_cases(self) -> list[tuple[ConsumerCase, int]]:
         """What to profile: one PostgreSQL consumer at 1 and at 100 records/message, and how
@@ -113,4 +115,5 @@ def build_plan(*, quick: bool) -> BenchPlan:
         drain_timeout_s=45.0,
         time_budget_s=420.0,
         profile=True,
+        pipeline_records=30_000,
     )

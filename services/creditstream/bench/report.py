@@ -273,6 +273,9 @@ def sanity_problems(report: Mapping[str, Any]) -> list[str]:
         p50, p99 = entry.get("p50_ms"), entry.get("p99_ms")
         if not (_finite(p50) and _finite(p99) and 0 < p50 <= p99):
             problems.append(f"{label}: percentiles out of order or missing (p50 {p50}, p99 {p99})")
+    pipeline = report.get("pipeline", {})
+    if pipeline.get("error"):
+        problems.append(f"staged vs fused pipeline: {pipeline['error']}")
     startup = report.get("startup", {})
     cold, rss = startup.get("cold_start_s"), startup.get("peak_rss_mb")
     if not (_finite(cold) and 0 < cold < SANE_MAX_COLD_START_S):
@@ -404,6 +407,10 @@ def render_markdown(report: Mapping[str, Any], *, reproduce: str) -> str:
     lines += _table(THROUGHPUT_HEADER, throughput_rows(report))
     lines += ["", "## Request/reply latency (open loop)", ""]
     lines += _table(LATENCY_HEADER, latency_rows(report))
+    if "pipeline" in report:
+        from creditstream.stages.bench import markdown as pipeline_markdown
+
+        lines += pipeline_markdown(report["pipeline"])
     profiles = [p for p in report.get("profiles", []) if p.get("samples")]
     if profiles:
         lines += [

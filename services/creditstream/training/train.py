@@ -17,6 +17,8 @@ from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_
 from creditstream.contract import FEATURE_SPECS, FEATURES, LABEL_FIELD
 from creditstream.data.dataset import DatasetError, content_sha256, file_sha256, load_dataset
 from creditstream.data.download import PINNED_CONTENT_SHA256
+from creditstream.stages.graphs import FEATURES_FILE, write_stage_graphs
+from creditstream.stages.graphs import MODEL_FILE as STAGE_MODEL_FILE
 from creditstream.synthetic import build_synthetic_section
 from creditstream.training.features import ENGINEERED_FEATURES, register_converter
 from creditstream.training.pipeline import (
@@ -300,4 +302,9 @@ def run_training(
         )
     card["training"]["total_seconds"] = _rounded(time.perf_counter() - started)
     paths["card"].write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    # NOTE: the staged pipeline's two graphs are cut out of the fused bytes just written, and
+    # the card lists all three with their sha256 (issue 11).
+    card["graphs"] = write_stage_graphs(out_dir, CARD_FILE)
+    paths["features"] = out_dir / FEATURES_FILE
+    paths["model_graph"] = out_dir / STAGE_MODEL_FILE
     return TrainingResult(card, pipeline, split, onnx_bytes, paths)

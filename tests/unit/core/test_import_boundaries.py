@@ -17,7 +17,13 @@ TRAINING_ONLY = ["sklearn", "skl2onnx", "pandas", "matplotlib", "scipy", "onnx"]
     ("modules", "blocked"),
     [
         pytest.param(
-            ["creditstream.producer", "creditstream.client", "creditstream.cli"],
+            [
+                "creditstream.producer",
+                "creditstream.client",
+                "creditstream.cli",
+                "creditstream.stages.raw",
+                "creditstream.stages.topology",
+            ],
             [*CONSUMER_ONLY, "sklearn", "skl2onnx", "matplotlib"],
             id="producer-image",
         ),
@@ -28,6 +34,9 @@ TRAINING_ONLY = ["sklearn", "skl2onnx", "pandas", "matplotlib", "scipy", "onnx"]
                 "creditstream.store",
                 "creditstream.client",
                 "creditstream.cli",
+                "creditstream.stages.run",
+                "creditstream.stages.worker",
+                "creditstream.stages.graphs",
             ],
             TRAINING_ONLY,
             id="consumer-image",

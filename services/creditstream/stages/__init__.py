@@ -1,0 +1,1 @@
+"""The staged pipeline (issue 11): raw → preprocess → features → score, one queue per stage."""
