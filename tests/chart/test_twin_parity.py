@@ -20,12 +20,22 @@ from creditstream.demo.values import DEMO_HPA_SYNC_PERIOD_S, DEMO_OVERRIDES, loa
 pytestmark = [pytest.mark.chart, pytest.mark.timeout(300)]
 
 
+def rendered_rules(
+    helm: Path, sets: tuple[str, ...], files: tuple[Path, ...] = ()
+) -> list[AutoscalingConfig]:
+    """One rule per ScaledObject: the fused chart renders one, the staged chart one per stage."""
+    docs = parse_docs(helm_template(helm, files, sets).stdout)
+    return [
+        AutoscalingConfig.from_scaled_object(scaled, hpa_sync_period_s=DEMO_HPA_SYNC_PERIOD_S)
+        for scaled in by_kind(docs, "ScaledObject")
+    ]
+
+
 def rendered_rule(
     helm: Path, sets: tuple[str, ...], files: tuple[Path, ...] = ()
 ) -> AutoscalingConfig:
-    docs = parse_docs(helm_template(helm, files, sets).stdout)
-    (scaled,) = by_kind(docs, "ScaledObject")
-    return AutoscalingConfig.from_scaled_object(scaled, hpa_sync_period_s=DEMO_HPA_SYNC_PERIOD_S)
+    (rule,) = rendered_rules(helm, sets, files)
+    return rule
 
 
 def test_the_demo_twin_runs_the_scaled_object_the_chart_renders(helm: Path) -> None:
@@ -54,4 +64,9 @@ def test_every_values_case_renders_the_rule_its_values_give(helm: Path, case: Va
     expected = AutoscalingConfig.from_values(
         effective_values(case), hpa_sync_period_s=DEMO_HPA_SYNC_PERIOD_S
     )
-    assert rendered_rule(helm, (), case.files) == expected
+    rules = rendered_rules(helm, (), case.files)
+    assert rules, "autoscaling enabled but no ScaledObject rendered"
+    # NOTE: staged mode renders one ScaledObject per stage, each on its own queue; every one
+    # must run the rule the values give, only the queue differs.
+    for rule in rules:
+        assert with_queue(rule, expected.queue_name) == expected
