@@ -8,7 +8,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pika
 import pika.exceptions
@@ -178,3 +178,9 @@ def connect(
             raise ConnectInterrupted(f"stopped while connecting to the broker ({name})") from exc
         raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def account_of(channel: Any) -> str:
+    """The broker user a channel's connection logged in as ("" when not known)."""
+    params = getattr(getattr(channel.connection, "_impl", None), "params", None)
+    return str(getattr(getattr(params, "credentials", None), "username", "") or "")

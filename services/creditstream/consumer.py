@@ -36,6 +36,7 @@ from creditstream.batcher import MicroBatch, PendingMessage, Prediction, reply_b
 from creditstream.broker import (
     BROKER_DOWN_ERRORS,
     ConnectInterrupted,
+    account_of,
     connect,
     interruptible_sleep,
 )
@@ -294,7 +295,7 @@ class Consumer:
             raise _BrokerLost(f"{type(exc).__name__}: {exc}") from exc
 
     def _settler(self, channel: BlockingChannel, publisher: BlockingChannel) -> Settler:
-        self._account = _account_of(channel)
+        self._account = account_of(channel)
         return Settler(
             channel=channel,
             publisher=publisher,
@@ -945,12 +946,6 @@ class Settler:
         )
         self.relay.wake()
         # --- outbox (end) ---
-
-
-def _account_of(channel: Any) -> str:
-    """The broker user a channel's connection logged in as ("" when not known)."""
-    params = getattr(getattr(channel.connection, "_impl", None), "params", None)
-    return str(getattr(getattr(params, "credentials", None), "username", "") or "")
 
 
 def retry_signing_key(amqp_url: str) -> bytes:

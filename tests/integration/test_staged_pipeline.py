@@ -484,13 +484,18 @@ def test_score_stage_dead_letters_carry_the_stage(
     settings = staged_settings()
     declare_stages(settings)
     score = stage_settings(settings, "score")
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url.get_secret_value()))
+    parameters = pika.URLParameters(settings.amqp_url.get_secret_value())
+    connection = pika.BlockingConnection(parameters)
     try:
         connection.channel().basic_publish(
             score.requests_exchange,
             "score",
             b'{"batch": false, "items": [{"index": 0, "ID": 7, "engineered": [1.0]}]}',
-            pika.BasicProperties(content_type="application/json", message_id="short-vector"),
+            pika.BasicProperties(
+                content_type="application/json",
+                message_id="short-vector",
+                user_id=parameters.credentials.username,  # type: ignore[attr-defined]
+            ),
         )
     finally:
         connection.close()

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 import pika
 import pika.exceptions
 
-from creditstream.broker import BROKER_DOWN_ERRORS, ConnectInterrupted, connect, interruptible_sleep
+from creditstream.broker import (
+    BROKER_DOWN_ERRORS,
+    ConnectInterrupted,
+    account_of,
+    connect,
+    interruptible_sleep,
+)
 from creditstream.codec import Rejection, encode_json
 from creditstream.metrics import HealthState
 from creditstream.stages.metrics import StageMetrics, now_us, trace_of
@@ -38,6 +44,7 @@ from creditstream.topology import (
     INDEX_HEADER,
     REASON_HEADER,
     REQUEST_ROUTING_KEY,
+    RESULT_SOURCE_HEADER,
     SENT_AT_HEADER,
     SOURCE_HEADER,
     Topology,
@@ -281,6 +288,9 @@ class StageWorker:
         sent = (props.headers or {}).get(SENT_AT_HEADER)
         if isinstance(sent, int):
             headers[SENT_AT_HEADER] = sent  # NOTE: end-to-end latency at the sink
+        source = (props.headers or {}).get(RESULT_SOURCE_HEADER)
+        if isinstance(source, str):
+            headers[RESULT_SOURCE_HEADER] = source  # NOTE: synthetic/smoke-test rows stay marked
         publisher.basic_publish(
             self.next_exchange,
             REQUEST_ROUTING_KEY,
@@ -292,6 +302,9 @@ class StageWorker:
                 correlation_id=props.correlation_id,
                 reply_to=props.reply_to,
                 headers=headers,
+                # NOTE: the score stage (the consumer) requires the broker-checked user_id: a
+                # stage publishes as its own account, which the broker verifies.
+                user_id=account_of(publisher) or None,
             ),
             mandatory=True,
         )
