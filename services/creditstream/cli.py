@@ -99,6 +99,15 @@ DatabaseUrlFileOption = Annotated[
         **_SECRET_FILE,
     ),
 ]
+# NOTE: options shared by the long-running commands (consume, stage, relay), declared once.
+HttpPortOption = Annotated[
+    int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
+]
+ExitWhenIdleOption = Annotated[
+    float | None,
+    typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
+]
+PrefetchOption = Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)]
 DataOption = Annotated[
     Path | None,
     typer.Option("--data", help="UCI data set (.csv or official .xls).", show_default=False),
@@ -247,14 +256,9 @@ def consume(
     batch_timeout_ms: Annotated[
         int | None, typer.Option(help="Flush a partial batch after T ms.", min=0)
     ] = None,
-    prefetch: Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)] = None,
-    exit_when_idle: Annotated[
-        float | None,
-        typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
-    ] = None,
-    http_port: Annotated[
-        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
-    ] = None,
+    prefetch: PrefetchOption = None,
+    exit_when_idle: ExitWhenIdleOption = None,
+    http_port: HttpPortOption = None,
     amqp_url_file: AmqpUrlFileOption = None,
     database_url_file: DatabaseUrlFileOption = None,
     model: Annotated[Path | None, typer.Option("--model", help="ONNX model file.")] = None,
@@ -278,9 +282,7 @@ def consume(
 
 @app.command()
 def relay(
-    http_port: Annotated[
-        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
-    ] = None,
+    http_port: HttpPortOption = None,
     amqp_url_file: AmqpUrlFileOption = None,
     database_url_file: DatabaseUrlFileOption = None,
 ) -> None:
@@ -387,14 +389,9 @@ def stage(
     batch_timeout_ms: Annotated[
         int | None, typer.Option(help="Score: flush a partial batch after T ms.", min=0)
     ] = None,
-    prefetch: Annotated[int | None, typer.Option(help="AMQP prefetch count.", min=1)] = None,
-    exit_when_idle: Annotated[
-        float | None,
-        typer.Option("--exit-when-idle", help="Exit 0 after SECONDS without deliveries.", min=0),
-    ] = None,
-    http_port: Annotated[
-        int | None, typer.Option(help="Port of /healthz, /readyz, /metrics (0 disables).", min=0)
-    ] = None,
+    prefetch: PrefetchOption = None,
+    exit_when_idle: ExitWhenIdleOption = None,
+    http_port: HttpPortOption = None,
     model: Annotated[
         Path | None,
         typer.Option(
