@@ -130,6 +130,11 @@ def vhost_of(url: str) -> str:
     return _split_vhost(url)[1]
 
 
+def queue_path(vhost: str, queue: str) -> str:
+    """The management API path of one queue (vhost and name percent-encoded, "/" included)."""
+    return f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}"
+
+
 class ManagementApiReader:
     """Reads ready + unacked from the RabbitMQ management HTTP API (KEDA `protocol: http`)."""
 
@@ -174,11 +179,7 @@ class ManagementApiReader:
 
     def read(self) -> QueueDepth:
         """Current depth of the queue."""
-        path = (
-            f"/api/queues/{urllib.parse.quote(self.vhost, safe='')}/"
-            f"{urllib.parse.quote(self.queue, safe='')}"
-        )
-        return parse_management_queue(self.get_json(path))
+        return parse_management_queue(self.get_json(queue_path(self.vhost, self.queue)))
 
     def ping(self) -> bool:
         """True when the API answers /api/overview with these credentials."""
@@ -234,11 +235,7 @@ class ManagementFailoverReader:
     def read(self) -> QueueDepth:
         """Current depth of the queue, from the first node that answers."""
         first = self.readers[0]
-        path = (
-            f"/api/queues/{urllib.parse.quote(first.vhost, safe='')}/"
-            f"{urllib.parse.quote(first.queue, safe='')}"
-        )
-        return parse_management_queue(self.get_json(path))
+        return parse_management_queue(self.get_json(queue_path(first.vhost, first.queue)))
 
     def ping(self) -> bool:
         """True when one node's API answers /api/overview with these credentials."""
